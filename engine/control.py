@@ -1,0 +1,106 @@
+"""The control connection between the coordinators, with heartbeats.
+
+Each side sends a HEARTBEAT every second when it has nothing else to say, and declares the
+peer lost when it has heard nothing for PEER_TIMEOUT_S: a killed coordinator on the other
+side is noticed within seconds instead of hanging the transfer.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from engine.endpoint import Endpoint, parse_endpoint
+from engine.errors import PeerLost, ProtocolError, TransferError
+from engine.framing import decode, encode
+from engine.protocol import Fault, Heartbeat
+
+HEARTBEAT_S = 1.0
+PEER_TIMEOUT_S = 5.0
+MAX_CONTROL_BYTES = 1 << 20
+
+
+class ControlLink:
+    """One peer on a control socket: a DEALER that dialled, or a ROUTER and an identity."""
+
+    def __init__(self, socket: zmq.Socket, endpoint: Endpoint, identity: bytes | None) -> None:
+        self.socket = socket
+        self.endpoint = endpoint
+        self.identity = identity
+        self.last_heard = self.last_sent = time.monotonic()
+
+    @classmethod
+    def dial(cls, context: zmq.Context, text: str) -> "ControlLink":
+        endpoint = parse_endpoint(text)
+        socket = context.socket(zmq.DEALER)
+        socket.linger = 1000
+        socket.ipv6 = endpoint.ipv6
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        socket.connect(str(endpoint))
+        return cls(socket, endpoint, None)
+
+    def dial_port(self, port: int) -> str:
+        """The endpoint of a data port on the host this link dialled."""
+        return str(self.endpoint.with_port(port))
+
+    def send(self, msg: Any) -> None:
+        frames = [encode(msg)] if self.identity is None else [self.identity, encode(msg)]
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise PeerLost(f"control connection lost: {exc}") from None
+        self.last_sent = time.monotonic()
+
+    def receive(self) -> Any:
+        """The next message from the peer, or None for a heartbeat or a stray's message."""
+        frames = self.socket.recv_multipart()
+        if self.identity is not None:
+            if frames[0] != self.identity:
+                self._refuse(frames[0])
+                return None
+            frames = frames[1:]
+        self.last_heard = time.monotonic()
+        if len(frames) != 1:
+            raise ProtocolError("control message must be a single frame")
+        msg = decode(frames[0])
+        return None if isinstance(msg, Heartbeat) else msg
+
+    def expect(self, kind: type, timeout_s: float) -> Any:
+        """Wait for one message of `kind` (a FAULT from the peer raises)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(remaining * 1000):
+                raise PeerLost(f"no answer from {self.endpoint} within {timeout_s:.0f} s")
+            msg = self.receive()
+            if isinstance(msg, Fault):
+                raise TransferError(f"receiver refused the transfer: {msg.message}")
+            if isinstance(msg, kind):
+                return msg
+            if msg is not None:
+                raise ProtocolError(f"expected {kind.TAG}, got {msg.TAG}")
+
+    def keep_alive(self) -> None:
+        """Send a heartbeat when due; raise PeerLost if the peer has been silent too long."""
+        now = time.monotonic()
+        if now - self.last_heard > PEER_TIMEOUT_S:
+            raise PeerLost(f"the peer at {self.endpoint} has been silent for "
+                           f"{PEER_TIMEOUT_S:.0f} s")
+        if now - self.last_sent >= HEARTBEAT_S:
+            self.send(Heartbeat())
+
+    @staticmethod
+    def poll_interval_ms() -> int:
+        return int(HEARTBEAT_S * 1000 / 4)
+
+    def _refuse(self, identity: bytes) -> None:
+        try:
+            self.socket.send_multipart([identity, encode(Fault(message="busy with another "
+                                                                         "transfer"))],
+                                       zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def close(self) -> None:
+        self.socket.close(linger=0)

@@ -1,0 +1,263 @@
+"""The destination coordinator: the `Receiver` that serves one transfer.
+
+It answers HELLO by creating the image beside its final name, starting one worker per
+channel (each binds its own data port) and announcing the ports. During the transfer it
+runs the SYNC barrier and loads device state in order. On COMPLETE it has its workers hash
+the image, compares every digest with the source's, and only then renames the image to its
+final name and answers with its verdict.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from engine import digest, jobs
+from engine.jobs import WorkerConfig
+from engine.barrier import SyncBarrier
+from engine.control import MAX_CONTROL_BYTES, ControlLink
+from engine.devices import CallbackSink, DeviceAssembler, DirectorySink
+from engine.endpoint import parse_endpoint
+from engine.errors import EngineError, PeerLost, ProtocolError, TransferError, UsageError, \
+    VerificationFailed
+from engine.framing import decode
+from engine.image import check_destination, create_partial, parse_location
+from engine.processes import WorkerGroup
+from engine.protocol import Complete, Fault, Hello, Synced, Verdict, Welcome, check_hello
+from engine.result import TransferResult, per_channel, total
+from engine.settings import PAGE_SIZE
+
+
+class Receiver:
+    """Receives one transfer into `destination` ("PATH" or "shm:NAME").
+
+    Device state goes to `device_dir` (one file per device), or chunk by chunk, in order, to
+    `on_device(key, index, data, last)`. Use as a context manager; `run()` blocks until the
+    transfer verified (returns the result) or failed (raises).
+    """
+
+    def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
+                 device_dir: str | os.PathLike | None = None,
+                 on_device: Callable[[str, int, bytes, bool], None] | None = None,
+                 force: bool = False) -> None:
+        self.location = parse_location(destination)
+        check_destination(self.location, force)
+        self.force = force
+        self.device_dir = Path(device_dir) if device_dir else None
+        self.on_device = on_device
+        endpoint = parse_endpoint(listen, allow_any_port=True)
+        self._zmq = zmq.Context()
+        self._socket = self._zmq.socket(zmq.ROUTER)
+        self._socket.linger = 1000
+        self._socket.ipv6 = endpoint.ipv6
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        try:
+            self._socket.bind(str(endpoint))
+        except zmq.ZMQError as exc:
+            self._zmq.destroy(linger=0)
+            raise UsageError(f"cannot listen on {listen}: {exc}") from None
+        bound_port = int(self._socket.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        self.endpoint = endpoint.with_port(bound_port)
+        self._workers: WorkerGroup | None = None
+        self._temporary: list[Path] = []  # removed at the end, whatever happens
+        self._partial: Path | None = None
+        self._assembler: DeviceAssembler | None = None
+        self._new_device_dir: Path | None = None
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def run(self, timeout_s: float | None = None) -> TransferResult:
+        """Wait for one sender (up to `timeout_s`, forever if None) and serve its transfer."""
+        hello, identity = self._wait_for_hello(timeout_s)
+        link = ControlLink(self._socket, self.endpoint, identity)
+        try:
+            return self._serve(hello, link)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, EngineError) else "receiver interrupted"
+            try:
+                link.send(Fault(message=reason))
+            except EngineError:
+                pass
+            raise
+
+    def close(self) -> None:
+        """Stop the workers and clean up. After a failure a file destination stays as
+        NAME.partial (never under its final name); shared memory is removed."""
+        if self._workers is not None:
+            self._workers.close()
+        for path in self._temporary:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if self._partial is not None and self.location.shared_memory:
+            self._partial.unlink(missing_ok=True)
+        if self._assembler is not None:
+            self._assembler.discard()
+        if self._new_device_dir is not None and not any(self._new_device_dir.iterdir()):
+            self._new_device_dir.rmdir()
+        self._zmq.destroy(linger=0)
+
+    # -- one transfer ---------------------------------------------------------------------
+
+    def _wait_for_hello(self, timeout_s: float | None) -> tuple[Hello, bytes]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            if not self._socket.poll(wait):
+                raise PeerLost(f"no sender connected to {self.endpoint} within {timeout_s} s")
+            frames = self._socket.recv_multipart()
+            if len(frames) != 2:
+                continue
+            try:
+                return decode(frames[1], Hello), frames[0]
+            except ProtocolError as exc:
+                ControlLink(self._socket, self.endpoint, frames[0]).send(
+                    Fault(message=f"expected HELLO: {exc}"))
+
+    def _serve(self, hello: Hello, link: ControlLink) -> TransferResult:
+        started = time.perf_counter()
+        settings = check_hello(hello)
+        size = hello.image_size
+        self._partial = partial = create_partial(self.location, size)
+        written = self._written_map(hello.session, size)
+        staging = self._staging_dir()
+        sink = CallbackSink(self.on_device) if self.on_device else DirectorySink(staging,
+                                                                                 self.force)
+        self._assembler = assembler = DeviceAssembler(staging, settings.chunk_size, sink)
+        template = WorkerConfig(
+            side="destination", channel=0, control="", coordinator_pid=os.getpid(),
+            session=hello.session, settings=settings, image_path=str(partial), image_size=size,
+            handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
+            written_path=str(written) if written else None, device_dir=str(staging))
+        self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
+        bound = workers.gather(jobs.Bound)
+        link.send(Welcome(session=hello.session,
+                          ports=[int(b.endpoint.rsplit(":", 1)[1]) for b in bound]))
+        barrier = SyncBarrier(settings.channels)
+        state = _Ending(size)
+
+        def on_worker(channel: int, msg: Any) -> None:
+            if isinstance(msg, jobs.Reached):
+                if barrier.arrive(channel, msg.round):
+                    workers.broadcast(jobs.Release(round=msg.round))
+                    link.send(Synced(round=msg.round))
+            elif isinstance(msg, jobs.Notice) and msg.kind == "device":
+                assembler.add(**msg.data)
+            elif isinstance(msg, jobs.Hashed):
+                state.hashes.update(zip(msg.segments, msg.digests))
+            else:
+                raise ProtocolError(f"unexpected {msg.TAG} from destination worker {channel}")
+
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        for socket in workers.sockets:
+            poller.register(socket, zmq.POLLIN)
+        while not state.hashed:
+            events = dict(poller.poll(link.poll_interval_ms()))
+            for channel, socket in enumerate(workers.sockets):
+                while socket in events and socket.poll(0):
+                    workers.check(channel, workers.receive(channel), on_worker)
+            while self._socket in events and self._socket.poll(0):
+                msg = link.receive()
+                if isinstance(msg, Complete) and state.complete is None:
+                    if not barrier.idle:
+                        raise ProtocolError("COMPLETE arrived in the middle of a round")
+                    state.complete = msg
+                    self._hash(workers, size)
+                elif isinstance(msg, Fault):
+                    raise TransferError(f"sender failed: {msg.message}")
+                elif msg is not None:
+                    raise ProtocolError(f"unexpected {msg.TAG} from the sender")
+            link.keep_alive()
+            workers.check_alive()
+        image_digest = self._verify(state, assembler, link)
+        os.replace(partial, self.location.path)
+        self._partial = None
+        assembler.commit()
+        link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes()))
+        stats = workers.stop()
+        return TransferResult(
+            ok=True, bytes=size, seconds=time.perf_counter() - started,
+            wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
+            zero_pages=total(stats, "zero_pages"), channels=settings.channels,
+            compress=settings.compress, rounds=state.complete.rounds, digest=image_digest,
+            devices=assembler.sizes(), per_channel=per_channel(stats))
+
+    def _hash(self, workers: WorkerGroup, size: int) -> None:
+        segments = digest.segment_count(size)
+        channels = len(workers.sockets)
+        for channel in range(channels):
+            mine = list(range(channel, segments, channels))
+            if mine:
+                workers.send(channel, jobs.HashJob(segments=mine))
+
+    def _verify(self, state: "_Ending", assembler: DeviceAssembler, link: ControlLink) -> str:
+        complete = state.complete
+        assembler.check_complete(set(complete.devices))
+        image_digest = digest.combine(state.size, (state.hashes[i] for i in sorted(state.hashes)))
+        problems = []
+        if image_digest != complete.digest:
+            problems.append("the image's digest differs from the source's")
+        for key, value in sorted(assembler.digests().items()):
+            if value != complete.devices.get(key):
+                problems.append(f"device {key}'s digest differs from the source's")
+        if problems:
+            message = "; ".join(problems)
+            link.send(Verdict(ok=False, message=message, digest=image_digest, devices={}))
+            raise VerificationFailed(f"verification failed: {message}")
+        return image_digest
+
+    def _written_map(self, session: bytes, size: int) -> Path | None:
+        """One byte per page, shared by the workers: which pages hold data (see ram.py)."""
+        pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
+        if not pages:
+            return None
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        path = Path(folder) / f"multifd-{session.hex()}.written"
+        with open(path, "wb") as f:
+            f.truncate(pages)
+        self._temporary.append(path)
+        return path
+
+    def _staging_dir(self) -> Path:
+        """Where device chunks land: the device folder itself (as hidden .NAME.partial files),
+        or a private temporary folder when devices go to a callback."""
+        if self.on_device is not None:
+            path = Path(tempfile.mkdtemp(prefix=".multifd-devices-",
+                                         dir=self.location.path.parent))
+            self._temporary.append(path)
+            return path
+        folder = self.device_dir or default_device_dir(self.location.path)
+        if not folder.exists():
+            folder.mkdir()
+            self._new_device_dir = folder
+        return folder
+
+
+def default_device_dir(image: Path) -> Path:
+    """Device files go beside the image unless told otherwise: IMAGE.devices/NAME."""
+    return image.with_name(image.name + ".devices")
+
+
+class _Ending:
+    """COMPLETE and the digests gathered for it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.complete: Complete | None = None
+        self.hashes: dict[int, bytes] = {}
+
+    @property
+    def hashed(self) -> bool:
+        return (self.complete is not None
+                and len(self.hashes) == digest.segment_count(self.size))

@@ -1,0 +1,51 @@
+"""The engine's own exceptions, each mapped to one exit code.
+
+Library errors (zmq.ZMQError, zstandard.ZstdError, msgpack's) are translated into these at
+the boundary where they happen, so a user sees one clear sentence, never a traceback.
+"""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(EngineError):
+    """Bad arguments or unreadable input: nothing was transferred."""
+
+    exit_code = 2
+
+
+class TransferError(EngineError):
+    """The transfer started but did not complete."""
+
+
+class ProtocolError(TransferError):
+    """A peer sent a message that breaks the wire rules."""
+
+
+class CorruptPayload(ProtocolError):
+    """A payload failed its checksum, did not decode, or decoded to the wrong size."""
+
+
+class PeerLost(TransferError):
+    """The other side, or one of our own workers, went away."""
+
+
+class VerificationFailed(TransferError):
+    """Everything arrived, but the destination's digest differs from the source's."""
+
+
+class Interrupted(EngineError):
+    """The user asked us to stop (Ctrl-C or SIGTERM)."""
+
+    exit_code = 130
+
+
+def error_named(kind: str, message: str) -> EngineError:
+    """Rebuild an error that a worker reported by class name (unknown names: TransferError)."""
+    known = {cls.__name__: cls for cls in (TransferError, ProtocolError, CorruptPayload, PeerLost,
+                                           VerificationFailed, UsageError)}
+    return known.get(kind, TransferError)(message)

@@ -1,0 +1,95 @@
+"""Where an image lives: a regular file or POSIX shared memory ("shm:NAME"), and its mapping.
+
+Workers map images themselves, so page bytes go from the source mapping to the socket and
+from the socket to the destination mapping without passing through a coordinator.
+A destination is created beside its final name (NAME.partial) and renamed only once the
+transfer has verified, so a half-written image is never found under the final name.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import UsageError
+
+SHM_DIR = Path("/dev/shm")
+PARTIAL_SUFFIX = ".partial"
+_SHM_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """An image's place; `text` is what the user wrote, `path` what the OS opens."""
+
+    text: str
+    path: Path
+    shared_memory: bool
+
+    @property
+    def partial_path(self) -> Path:
+        return self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+
+
+def parse_location(text: str) -> Location:
+    if text.startswith("shm:"):
+        name = text[4:]
+        if not _SHM_NAME.match(name) or name in (".", ".."):
+            raise UsageError(f"shared memory name {name!r} must be letters, digits, '.', '_' "
+                             "or '-'")
+        return Location(text, SHM_DIR / name, True)
+    if not text:
+        raise UsageError("an empty path is not an image")
+    return Location(text, Path(text), False)
+
+
+def source_size(location: Location) -> int:
+    """Size of a readable source image; UsageError if it is missing or not a regular file."""
+    try:
+        st = os.stat(location.path)
+    except OSError as exc:
+        raise UsageError(f"cannot read source {location.text}: {exc.strerror}") from None
+    if not os.path.isfile(location.path):
+        raise UsageError(f"source {location.text} is not a regular file")
+    if not os.access(location.path, os.R_OK):
+        raise UsageError(f"cannot read source {location.text}: permission denied")
+    return st.st_size
+
+
+def check_destination(location: Location, force: bool) -> None:
+    """Refuse a destination we could not create, or would overwrite without --force."""
+    parent = location.path.parent
+    if not parent.is_dir():
+        raise UsageError(f"destination folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write in destination folder {parent}")
+    if location.path.is_dir():
+        raise UsageError(f"destination {location.text} is a directory")
+    if location.path.exists() and not force:
+        raise UsageError(f"destination {location.text} exists; pass --force to replace it")
+
+
+def create_partial(location: Location, size: int) -> Path:
+    """Create (or empty) NAME.partial with `size` bytes, all zero and sparse."""
+    path = location.partial_path
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    return path
+
+
+def map_file(path: str | os.PathLike, writable: bool) -> mmap.mmap | None:
+    """Map a whole file (None for an empty one: mmap cannot map zero bytes)."""
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        return mmap.mmap(fd, size, access=access)
+    finally:
+        os.close(fd)

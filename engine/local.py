@@ -1,0 +1,54 @@
+"""Both ends on one machine: a Receiver on a loopback port and a Sender talking to it.
+
+This is what `python -m engine migrate` runs. The two coordinators share this process (the
+receiver on a thread); each side still has its own worker processes and every byte crosses
+real TCP sockets, exactly as between two hosts.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Mapping
+
+from engine.destination import Receiver
+from engine.errors import EngineError, TransferError
+from engine.result import TransferResult
+from engine.settings import TransferSettings
+from engine.source import HANDSHAKE_TIMEOUT_S, Sender
+
+RECEIVER_JOIN_S = 10.0
+
+
+def migrate(source: str, destination: str, settings: TransferSettings = TransferSettings(),
+            devices: Mapping[str, bytes | str | os.PathLike] | None = None,
+            device_dir: str | os.PathLike | None = None, force: bool = False,
+            progress: Callable[[int], None] | None = None) -> TransferResult:
+    """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified."""
+    receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force)
+    outcome: dict[str, object] = {}
+
+    def serve() -> None:
+        try:
+            outcome["result"] = receiver.run(timeout_s=HANDSHAKE_TIMEOUT_S)
+        except BaseException as exc:  # reported by the main thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=serve, name="multifd-receiver", daemon=True)
+    try:
+        sender = Sender(source, str(receiver.endpoint), settings, progress=progress)
+        thread.start()
+        with sender:
+            sender.send_range()
+            for name, state in (devices or {}).items():
+                sender.send_device(name, state)
+            result = sender.finish()
+    finally:
+        if thread.ident is not None:
+            thread.join(RECEIVER_JOIN_S)
+        receiver.close()
+    error = outcome.get("error")
+    if isinstance(error, EngineError):
+        raise error
+    if error is not None or "result" not in outcome:
+        raise TransferError(f"receiver did not finish: {error}")
+    return result

@@ -1,0 +1,402 @@
+"""The source coordinator: the `Sender` API that producers submit pages and device state to.
+
+Producers on any thread call send_range / send_pages / send_device / sync; those calls only
+queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized job to
+the channel with the most free credit (a slow channel is simply given less), broadcasts SYNC
+at the end of a round, and runs the end of the transfer (digest, COMPLETE, verdict).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import zmq
+
+from engine import digest, jobs
+from engine.jobs import WorkerConfig
+from engine.control import ControlLink
+from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
+    VerificationFailed
+from engine.image import parse_location, source_size
+from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
+from engine.processes import WorkerGroup
+from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
+from engine.result import TransferResult, per_channel, total
+from engine.settings import PAGE_SIZE, TransferSettings
+from workers.handlers.device import NAME_PATTERN, device_key
+
+HANDSHAKE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _Marker:
+    """A point in the submission queue that the caller waits on (end of round, finish)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+
+
+class _SyncMarker(_Marker):
+    pass
+
+
+@dataclass
+class _FinishMarker(_Marker):
+    devices: dict[str, str] = field(default_factory=dict)
+
+
+class Sender:
+    """Sends one image (and device state) to a Receiver over `settings.channels` channels.
+
+    Use as a context manager; `start()` connects, `finish()` verifies and returns the result.
+    Thread safety: every send_* method and sync() may be called from any thread; sync() and
+    finish() wait for the destination, so call each from one thread at a time.
+    """
+
+    def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.location = parse_location(source)
+        self.image_size = source_size(self.location)
+        self.endpoint = to
+        self.settings = settings
+        self.progress = progress
+        self.pages = (self.image_size + PAGE_SIZE - 1) // PAGE_SIZE
+        self.session = os.urandom(SESSION_BYTES)
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._devices: dict[str, tuple[Path, int]] = {}
+        self._spilled: list[Path] = []
+        self._unsynced = False
+        self._rounds = 0
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._dispatcher: _Dispatcher | None = None
+        self._zmq = zmq.Context()
+        self._workers: WorkerGroup | None = None
+        self._control: ControlLink | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._started = 0.0
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> "Sender":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the workers, greet the receiver, connect every channel."""
+        self._started = time.perf_counter()
+        try:
+            self._connect()
+        except BaseException as exc:
+            if self._control is not None:  # tell the receiver rather than let it time out
+                try:
+                    self._control.send(Fault(message=f"sender failed to start: {exc}"))
+                except EngineError:
+                    pass
+            raise
+        self._dispatcher = _Dispatcher(self)
+        self._thread = threading.Thread(target=self._run, name="multifd-dispatch", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> None:
+        template = WorkerConfig(
+            side="source", channel=0, control="", coordinator_pid=os.getpid(),
+            session=self.session, settings=self.settings, image_path=str(self.location.path),
+            image_size=self.image_size, handlers=("ram", "device"))
+        self._workers = WorkerGroup(self._zmq, template, self.settings.channels)
+        self._control = ControlLink.dial(self._zmq, self.endpoint)
+        self._control.send(new_hello(self.session, self.image_size, self.settings,
+                                     ["ram", "device"]))
+        welcome = self._control.expect(Welcome, HANDSHAKE_TIMEOUT_S)
+        if welcome.session != self.session or len(welcome.ports) != self.settings.channels:
+            raise ProtocolError("receiver's WELCOME does not match our HELLO")
+        self._workers.gather(jobs.Ready)
+        for channel, port in enumerate(welcome.ports):
+            if not 0 < port < 65536:
+                raise ProtocolError(f"receiver announced port {port} for channel {channel}")
+            self._workers.send(channel, jobs.Connect(endpoint=self._control.dial_port(port)))
+
+    def close(self) -> None:
+        """Stop everything; safe to call at any point, also after an error."""
+        if self._thread is not None and self._thread.is_alive():
+            self._error = self._error or TransferError("transfer abandoned")
+            os.write(self._wake_w, b"x")
+            self._thread.join()
+        if self._workers is not None:
+            self._workers.close()
+        if self._control is not None:
+            self._control.close()
+        self._zmq.destroy(linger=0)
+        for path in self._spilled:
+            path.unlink(missing_ok=True)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    # -- submission (any thread) ----------------------------------------------------------
+
+    def send_range(self, start: int = 0, count: int | None = None) -> None:
+        """Queue pages [start, start + count) (default: the whole image) for this round."""
+        count = self.pages - start if count is None else count
+        if start < 0 or count < 0 or start + count > self.pages:
+            raise UsageError(f"pages [{start}, {start + count}) are outside the image of "
+                             f"{self.pages} pages")
+        self._submit(self._ram_jobs(range_packets(start, count, self.settings.packet_pages)))
+
+    def send_pages(self, pages: Iterable[int] | np.ndarray) -> None:
+        """Queue a set of page indices (any order, duplicates ignored) for this round."""
+        array = np.unique(np.asarray(pages, dtype=np.int64))
+        if len(array) and (array[0] < 0 or array[-1] >= self.pages):
+            raise UsageError(f"page indices must be from 0 to {self.pages - 1}")
+        self._submit(self._ram_jobs(list_packets(array, self.settings.packet_pages)))
+
+    def send_device(self, name: str, state: bytes | bytearray | memoryview | str | os.PathLike,
+                    instance: int = 0) -> None:
+        """Queue one device's state: bytes (spilled to a temporary file) or a file's path."""
+        if not NAME_PATTERN.match(name):
+            raise UsageError(f"device name {name!r} must be letters, digits, '.', '_' or '-'")
+        key = device_key(name, instance)
+        path = self._device_file(key, state)
+        size = path.stat().st_size
+        with self._lock:
+            if key in self._devices:
+                raise UsageError(f"device {key} was already sent")
+            self._devices[key] = (path, size)
+        self._submit(self._device_jobs(name, instance, path, size))
+
+    def sync(self) -> int:
+        """End the round: wait until the destination has applied everything queued before."""
+        marker = _SyncMarker()
+        self._submit(marker, data=False)
+        self._wait(marker)
+        return marker.result
+
+    def finish(self) -> TransferResult:
+        """Complete the transfer: final sync, digests, the destination's verdict, stats."""
+        if self._unsynced or self._rounds == 0:
+            self.sync()
+        devices = {key: digest.digest_of_file(path) for key, (path, _) in self._devices.items()}
+        marker = _FinishMarker(devices=devices)
+        self._submit(marker, data=False)
+        self._wait(marker)
+        verdict, stats, image_digest = marker.result
+        return TransferResult(
+            ok=verdict.ok, bytes=self.image_size, seconds=time.perf_counter() - self._started,
+            wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
+            zero_pages=total(stats, "zero_pages"), channels=self.settings.channels,
+            compress=self.settings.compress, rounds=self._rounds, digest=image_digest,
+            devices={key: size for key, (_, size) in self._devices.items()},
+            per_channel=per_channel(stats))
+
+    # -- helpers for the submitting threads -----------------------------------------------
+
+    def _ram_jobs(self, packets: Iterator[list[list[int]]]) -> Iterator[tuple]:
+        for runs in packets:
+            yield "ram", {"runs": runs}, runs_bytes(runs, self.image_size)
+
+    def _device_jobs(self, name: str, instance: int, path: Path, size: int) -> Iterator[tuple]:
+        for index, offset, length, last in chunk_spans(size, self.settings.chunk_size):
+            yield "device", {"name": name, "instance": instance, "index": index, "last": last,
+                             "path": str(path), "offset": offset, "length": length}, 0
+
+    def _device_file(self, key: str, state: Any) -> Path:
+        if isinstance(state, (bytes, bytearray, memoryview)):
+            fd, name = tempfile.mkstemp(prefix=f"multifd-{key}-",
+                                        dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+            with os.fdopen(fd, "wb") as f:
+                f.write(state)
+            self._spilled.append(Path(name))
+            return Path(name)
+        path = Path(state)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise UsageError(f"device state {path} is not a readable file")
+        return path
+
+    def _submit(self, item: Any, data: bool = True) -> None:
+        if self._thread is None:
+            raise UsageError("start() the Sender before submitting work")
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            self._unsynced = self._unsynced or data
+            if isinstance(item, _SyncMarker):
+                self._unsynced = False
+            self._queue.put(item)
+        os.write(self._wake_w, b"x")
+
+    def _wait(self, marker: _Marker) -> None:
+        while not marker.done.wait(0.2) and self._error is None:
+            pass
+        if self._error is not None:
+            raise self._error
+
+    # -- the dispatcher thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._dispatcher.run()
+        except BaseException as exc:  # every error ends the transfer, reported to the caller
+            self._fail(exc)
+            try:
+                self._control.send(Fault(message=str(self._error)))
+            except EngineError:
+                pass  # the receiver is gone already
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record the first error and wake every waiter (dispatcher thread only)."""
+        if self._error is None:
+            self._error = exc if isinstance(exc, EngineError) else TransferError(
+                f"internal error: {type(exc).__name__}: {exc}")
+        while True:  # wake every waiter; they see the error
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Marker):
+                item.done.set()
+        if self._dispatcher is not None:
+            for marker in self._dispatcher.markers():
+                marker.done.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+
+
+class _Dispatcher:
+    """The state of the dispatcher thread: credits, the current job stream, pending markers."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.s = sender
+        channels = sender.settings.channels
+        self.credit = [sender.settings.window] * channels
+        self.in_flight: list[deque[int]] = [deque() for _ in range(channels)]
+        self.current: Iterator[tuple] | None = None
+        self.round = 0
+        self.waiting_sync: dict[int, _SyncMarker] = {}
+        self.finishing: _FinishMarker | None = None
+        self.hashes: dict[int, bytes] = {}
+        self.image_digest = ""
+
+    def markers(self) -> list[_Marker]:
+        """Every marker a caller may be waiting on."""
+        return [*self.waiting_sync.values(), *([self.finishing] if self.finishing else [])]
+
+    def run(self) -> None:
+        s = self.s
+        workers, control = s._workers, s._control
+        poller = zmq.Poller()
+        poller.register(s._wake_r, zmq.POLLIN)
+        poller.register(control.socket, zmq.POLLIN)
+        for socket in workers.sockets:
+            poller.register(socket, zmq.POLLIN)
+        while s._error is None:
+            self.dispatch()
+            events = dict(poller.poll(control.poll_interval_ms()))
+            if s._wake_r in events:
+                os.read(s._wake_r, 65536)
+            for channel, socket in enumerate(workers.sockets):
+                while socket in events and socket.poll(0):
+                    workers.check(channel, workers.receive(channel), self.on_worker)
+            if control.socket in events:
+                self.on_control(control.receive())
+            control.keep_alive()
+            workers.check_alive()
+            if self.finishing is not None and self.finishing.result is not None:
+                self.finishing.done.set()
+                return
+        raise s._error
+
+    def dispatch(self) -> None:
+        s = self.s
+        while self.finishing is None:
+            if self.current is None:
+                try:
+                    item = s._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(item, _SyncMarker):
+                    s._workers.broadcast(jobs.SyncJob(round=self.round))
+                    self.waiting_sync[self.round] = item
+                    self.round += 1
+                elif isinstance(item, _FinishMarker):
+                    self.start_finish(item)
+                else:
+                    self.current = item
+                continue
+            channel = max(range(len(self.credit)), key=self.credit.__getitem__)
+            if self.credit[channel] == 0:
+                return
+            job = next(self.current, None)
+            if job is None:
+                self.current = None
+                continue
+            kind, spec, nbytes = job
+            s._workers.send(channel, jobs.Job(kind=kind, spec=spec))
+            self.credit[channel] -= 1
+            self.in_flight[channel].append(nbytes)
+
+    def on_worker(self, channel: int, msg: Any) -> None:
+        if isinstance(msg, jobs.Credit):
+            done = 0
+            for _ in range(msg.packets):
+                done += self.in_flight[channel].popleft()
+            self.credit[channel] += msg.packets
+            if self.s.progress is not None and done:
+                self.s.progress(done)
+        elif isinstance(msg, jobs.Hashed):
+            self.hashes.update(zip(msg.segments, msg.digests))
+            if len(self.hashes) == digest.segment_count(self.s.image_size):
+                self.send_complete()
+        else:
+            raise ProtocolError(f"unexpected {msg.TAG} from source worker {channel}")
+
+    def on_control(self, msg: Any) -> None:
+        if msg is None:  # a heartbeat
+            return
+        if isinstance(msg, Synced):
+            marker = self.waiting_sync.pop(msg.round, None)
+            if marker is None:
+                raise ProtocolError(f"receiver confirmed round {msg.round} that was not synced")
+            self.s._rounds = msg.round + 1
+            marker.result = msg.round
+            marker.done.set()
+        elif isinstance(msg, Verdict):
+            if not msg.ok:
+                raise VerificationFailed(f"destination did not verify: {msg.message}")
+            stats = self.s._workers.stop()
+            self.finishing.result = (msg, stats, self.image_digest)
+        elif isinstance(msg, Fault):
+            raise TransferError(f"receiver failed: {msg.message}")
+        else:
+            raise ProtocolError(f"unexpected {msg.TAG} from the receiver")
+
+    def start_finish(self, marker: _FinishMarker) -> None:
+        self.finishing = marker
+        segments = digest.segment_count(self.s.image_size)
+        channels = len(self.credit)
+        for channel in range(channels):
+            mine = list(range(channel, segments, channels))
+            if mine:
+                self.s._workers.send(channel, jobs.HashJob(segments=mine))
+        if segments == 0:
+            self.send_complete()
+
+    def send_complete(self) -> None:
+        self.image_digest = digest.combine(
+            self.s.image_size, (self.hashes[i] for i in sorted(self.hashes)))
+        self.s._control.send(Complete(digest=self.image_digest, devices=self.finishing.devices,
+                                      rounds=self.s._rounds))

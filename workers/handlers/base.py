@@ -1,0 +1,80 @@
+"""The PayloadHandler interface: how one kind of payload becomes packets and back.
+
+A handler knows its payload (pages, device chunks) and nothing of channels: it never sees a
+socket, a sequence number, a credit or a barrier. The channel loop validates the packet
+header and checksum first and hands the handler only the body and the payload frames.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.settings import TransferSettings
+
+
+@dataclass
+class HandlerContext:
+    """What a handler may use on its side of the transfer.
+
+    image: the mapped image (read-only on the source, writable on the destination), or None
+      for an empty image. fresh: the destination started all zero, so zero pages need not be
+      written unless `written` says the page was written before. device_dir: where the
+      destination stages device state.
+    """
+
+    settings: TransferSettings
+    image_size: int
+    image: Any = None
+    fresh: bool = True
+    written: np.ndarray | None = None
+    device_dir: Path | None = None
+
+
+@dataclass
+class Encoded:
+    """A packet ready for the channel: the handler's header body and the payload frames."""
+
+    body: dict[str, Any]
+    frames: list[Any]
+
+
+class PayloadHandler(ABC):
+    """One payload type, loaded by name in every worker that the session says needs it.
+
+    Contract:
+    - `encode(spec)` runs on the source: it turns a job descriptor into an Encoded packet.
+      It reads its bytes from the context (mapping, files); it may block on disk reads only.
+      Frames may be views of the mapped image: the caller sends them before the image changes
+      or is closed.
+    - `apply(body, frames)` runs on the destination after the header and checksum were
+      checked. It validates every body field against the context before touching anything,
+      raises ProtocolError/CorruptPayload on bad input (having written nothing outside the
+      image), and returns a dict for the coordinator (a Notice) or None.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, context: HandlerContext) -> None:
+        self.context = context
+        # Figures for the summary (pages, bytes); the worker reports them when it stops.
+        self.counters: Counter[str] = Counter()
+
+    @abstractmethod
+    def encode(self, spec: dict[str, Any]) -> Encoded:
+        ...
+
+    @abstractmethod
+    def apply(self, body: dict[str, Any], frames: list[Any]) -> dict[str, Any] | None:
+        ...
+
+    def max_payload(self) -> int:
+        """The largest payload one packet of this kind may carry, for the channel's check."""
+        return 0
+
+    def close(self) -> None:
+        """Release files and buffers; called once when the worker stops."""

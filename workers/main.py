@@ -1,0 +1,81 @@
+"""Worker process entry point: map the image, load the handlers by name, run one channel.
+
+A worker is started by its coordinator (engine/processes.py) with a WorkerConfig and talks to
+it over an IPC socket. Every failure becomes a Failure message with one clear sentence; the
+coordinator decides what the user sees.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from engine import jobs
+from engine.jobs import WorkerConfig
+from engine.errors import EngineError
+from engine.framing import MAX_HEADER_BYTES, encode
+from engine.image import map_file
+from workers.channel import DestinationChannel, SourceChannel
+from workers.handlers import HANDLERS, HandlerContext
+
+
+def run_worker(config: WorkerConfig) -> None:
+    # Ctrl-C reaches the whole process group; the coordinator handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    context = zmq.Context()
+    control = context.socket(zmq.PAIR)
+    control.linger = 2000
+    control.connect(config.control)
+    handlers = {}
+    try:
+        destination = config.side == "destination"
+        image = map_file(config.image_path, writable=destination) if config.image_size else None
+        written = None
+        if config.written_path:
+            written_map = map_file(config.written_path, writable=True)
+            written = np.frombuffer(written_map, dtype=np.uint8) if written_map else None
+        handler_context = HandlerContext(
+            settings=config.settings, image_size=config.image_size, image=image,
+            fresh=config.fresh, written=written,
+            device_dir=Path(config.device_dir) if config.device_dir else None)
+        handlers = {kind: HANDLERS.load(kind)(handler_context) for kind in config.handlers}
+        data = context.socket(zmq.ROUTER if destination else zmq.DEALER)
+        data.linger = 0
+        common = dict(channel=config.channel, control=control, data=data,
+                      coordinator_pid=config.coordinator_pid, handlers=handlers, image=image)
+        if destination:
+            loop = DestinationChannel(**common, session=config.session, settings=config.settings)
+            _bind_data(data, config, loop)
+            endpoint = data.getsockopt_string(zmq.LAST_ENDPOINT)
+            control.send(encode(jobs.Bound(endpoint=endpoint)))
+        else:
+            loop = SourceChannel(**common, session=config.session)
+            control.send(encode(jobs.Ready(pid=os.getpid())))
+        loop.run()
+    except EngineError as exc:
+        control.send(encode(jobs.Failure(error=type(exc).__name__, message=str(exc))))
+    except zmq.ZMQError as exc:
+        control.send(encode(jobs.Failure(
+            error="PeerLost", message=f"channel {config.channel}: network error: {exc}")))
+    except Exception as exc:  # a bug: say where, keep the trace for whoever debugs it
+        detail = traceback.format_exc() if os.environ.get("MULTIFD_DEBUG") else ""
+        control.send(encode(jobs.Failure(
+            error="TransferError",
+            message=f"internal error in {config.side} worker {config.channel}: "
+                    f"{type(exc).__name__}: {exc}{detail}")))
+    finally:
+        for handler in handlers.values():
+            handler.close()
+        context.destroy()  # each socket keeps its own linger
+
+
+def _bind_data(data: zmq.Socket, config: WorkerConfig, loop: DestinationChannel) -> None:
+    max_payload = max(h.max_payload() for h in loop.handlers.values())
+    data.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    data.setsockopt(zmq.MAXMSGSIZE, max_payload + MAX_HEADER_BYTES)
+    data.rcvhwm = config.settings.window + 8
+    data.bind(f"tcp://{config.listen_host}:0")
