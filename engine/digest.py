@@ -4,6 +4,10 @@ The image digest is xxh3-128 of (image size, then the xxh3-128 of each 64 MiB se
 order). Any process that maps the image can hash any segment, so both ends split the work
 across their workers instead of reading gigabytes through one coordinator; the result is
 independent of the channel count.
+
+Holes (ranges of a sparse file that were never written) are hashed as zeros without being
+read: reading a hole of a shared-memory file through a mapping makes the kernel allocate
+memory for it, which made hashing a fresh 1 GiB destination 7x slower and un-sparse.
 """
 from __future__ import annotations
 
@@ -13,17 +17,40 @@ from typing import Iterable
 
 import xxhash
 
+from engine.image import map_file
+
 SEGMENT_BYTES = 64 << 20
+_ZEROS = bytes(1 << 20)
 
 
 def segment_count(size: int) -> int:
     return (size + SEGMENT_BYTES - 1) // SEGMENT_BYTES
 
 
-def hash_segment(buffer, index: int) -> bytes:
-    """xxh3-128 of segment `index` of a mapped buffer (no copy: xxhash reads the mapping)."""
-    start = index * SEGMENT_BYTES
-    return xxhash.xxh3_128_digest(memoryview(buffer)[start:start + SEGMENT_BYTES])
+def hash_segment(image, fd: int, index: int) -> bytes:
+    """xxh3-128 of segment `index` of the file open as `fd` and mapped as `image`."""
+    view = memoryview(image)
+    end = min((index + 1) * SEGMENT_BYTES, len(view))
+    h = xxhash.xxh3_128()
+    position = index * SEGMENT_BYTES
+    while position < end:
+        data = _seek(fd, position, os.SEEK_DATA, end)
+        while position < data:  # a hole: zeros, fed from a small buffer in cache
+            n = min(len(_ZEROS), data - position)
+            h.update(memoryview(_ZEROS)[:n])
+            position += n
+        if position < end:
+            hole = _seek(fd, position, os.SEEK_HOLE, end)
+            h.update(view[position:hole])
+            position = hole
+    return h.digest()
+
+
+def _seek(fd: int, position: int, whence: int, end: int) -> int:
+    try:
+        return min(os.lseek(fd, position, whence), end)
+    except OSError:  # ENXIO: no more data after `position`
+        return end
 
 
 def combine(size: int, segment_digests: Iterable[bytes]) -> str:
@@ -33,19 +60,12 @@ def combine(size: int, segment_digests: Iterable[bytes]) -> str:
     return h.hexdigest()
 
 
-def digest_of_buffer(buffer) -> str:
-    size = len(memoryview(buffer))
-    return combine(size, (hash_segment(buffer, i) for i in range(segment_count(size))))
-
-
 def digest_of_file(path: str | os.PathLike) -> str:
-    """Same digest as digest_of_buffer, streamed from a file in segment-sized reads."""
-    size = os.path.getsize(path)
-    digests = []
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(min(SEGMENT_BYTES, max(size, 1)))
-        view = memoryview(buf)
-        for _ in range(segment_count(size)):
-            n = f.readinto(buf)
-            digests.append(xxhash.xxh3_128_digest(view[:n]))
-    return combine(size, digests)
+    """The digest of a whole file, in this process (devices, tests)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        image = map_file(path, writable=False)
+        return combine(size, (hash_segment(image, fd, i) for i in range(segment_count(size))))
+    finally:
+        os.close(fd)

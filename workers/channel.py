@@ -30,7 +30,8 @@ class ChannelLoop:
     """What both sides share: the control link to the coordinator and the watch on it."""
 
     def __init__(self, channel: int, control: zmq.Socket, data: zmq.Socket,
-                 coordinator_pid: int, handlers: dict[str, PayloadHandler], image: Any) -> None:
+                 coordinator_pid: int, handlers: dict[str, PayloadHandler], image: Any,
+                 image_path: str) -> None:
         self.channel = channel
         self.control = control
         self.data = data
@@ -38,6 +39,7 @@ class ChannelLoop:
         self.parent_pid = os.getppid()
         self.handlers = handlers
         self.image = image
+        self.image_path = image_path
         self.counters: dict[str, float] = {"packets": 0, "bytes": 0, "busy_s": 0.0}
         self.running = True
 
@@ -55,7 +57,11 @@ class ChannelLoop:
 
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.HashJob):
-            digests = [digest.hash_segment(self.image, i) for i in msg.segments]
+            fd = os.open(self.image_path, os.O_RDONLY)
+            try:
+                digests = [digest.hash_segment(self.image, fd, i) for i in msg.segments]
+            finally:
+                os.close(fd)
             self.tell(jobs.Hashed(segments=msg.segments, digests=digests))
         elif isinstance(msg, jobs.Stop):
             self.running = False

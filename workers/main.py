@@ -46,7 +46,8 @@ def run_worker(config: WorkerConfig) -> None:
         data = context.socket(zmq.ROUTER if destination else zmq.DEALER)
         data.linger = 0
         common = dict(channel=config.channel, control=control, data=data,
-                      coordinator_pid=config.coordinator_pid, handlers=handlers, image=image)
+                      coordinator_pid=config.coordinator_pid, handlers=handlers, image=image,
+                      image_path=config.image_path)
         if destination:
             loop = DestinationChannel(**common, session=config.session, settings=config.settings)
             _bind_data(data, config, loop)

@@ -1,0 +1,41 @@
+"""Shared fixtures: sample images and the promise that no worker process outlives a test."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.samples import write_sample
+
+ENGINE_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def image(tmp_path: Path):
+    """make(size, kind="mixed", seed=0, name="src") -> Path of a fresh sample image."""
+
+    def make(size: int, kind: str = "mixed", seed: int = 0, name: str = "src") -> Path:
+        path = tmp_path / name
+        write_sample(path, size, kind=kind, seed=seed)
+        return path
+
+    return make
+
+
+def _workers() -> list[psutil.Process]:
+    """Our grandchildren: worker processes (the forkserver itself is a direct child)."""
+    me = os.getpid()
+    return [p for p in psutil.Process(me).children(recursive=True) if p.ppid() != me]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers():
+    yield
+    deadline = time.monotonic() + 5
+    while _workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _workers()
+    assert not left, f"worker processes left behind: {[p.pid for p in left]}"

@@ -1,0 +1,129 @@
+"""The command line as other tools call it: separate OS processes, exit codes, JSON."""
+from __future__ import annotations
+
+import filecmp
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import Sender, VerificationFailed
+from engine.samples import sample_bytes
+
+MiB = 1 << 20
+JSON_KEYS = {"ok", "bytes", "seconds", "gib_per_s", "wire_bytes", "normal_pages", "zero_pages",
+             "channels", "compress", "rounds", "digest", "devices", "per_channel"}
+
+
+def multifd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def start_receiver(dest: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A `receive` process on a free loopback port; returns it and its endpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "receive", str(dest), "--listen", "tcp://127.0.0.1:0",
+         "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    match = re.search(r"listening on (tcp://\S+)", line)
+    assert match, f"receiver said {line!r}"
+    return process, match.group(1)
+
+
+def test_migrate_prints_the_json_contract_and_verifies(image, tmp_path):
+    src = image(5 * MiB)
+    dev = tmp_path / "cpu.bin"
+    dev.write_bytes(sample_bytes(123_457, seed=2))
+    run = multifd("migrate", str(src), str(tmp_path / "dst"), "--channels", "2", "--compress",
+                  "zstd", "--device", f"cpu={dev}", "--device-dir", str(tmp_path / "out"),
+                  "--json")
+    assert run.returncode == 0, run.stderr
+    summary = last_json(run.stdout)
+    assert JSON_KEYS <= summary.keys()
+    assert summary["ok"] is True and summary["bytes"] == 5 * MiB
+    assert summary["devices"] == {"cpu": 123_457}
+    assert len(summary["per_channel"]) == 2
+    assert {"bytes", "packets", "busy_s"} <= summary["per_channel"][0].keys()
+    assert filecmp.cmp(src, tmp_path / "dst", shallow=False)
+    assert (tmp_path / "out" / "cpu").read_bytes() == dev.read_bytes()
+
+
+def test_receive_and_send_run_as_separate_processes(image, tmp_path):
+    src = image(7 * MiB + 5)
+    dev = tmp_path / "nic.bin"
+    dev.write_bytes(sample_bytes(2 * MiB, kind="random"))
+    receiver, endpoint = start_receiver(tmp_path / "dst", "--device-dir", str(tmp_path))
+    sent = multifd("send", str(src), "--to", endpoint, "--channels", "3", "--compress",
+                   "zstd:1", "--device", f"nic={dev}", "--json")
+    out, err = receiver.communicate(timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert receiver.returncode == 0, err
+    assert last_json(sent.stdout)["digest"] == last_json(out)["digest"]
+    assert filecmp.cmp(src, tmp_path / "dst", shallow=False)
+    assert (tmp_path / "nic").read_bytes() == dev.read_bytes()
+
+
+def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
+    src = image(MiB, kind="random")
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    with Sender(str(src), endpoint) as sender:
+        sender.send_range()
+        sender.sync()
+        with open(src, "r+b") as f:
+            f.write(b"not what was sent")
+        with pytest.raises(VerificationFailed):
+            sender.finish()
+    out, err = receiver.communicate(timeout=60)
+    assert receiver.returncode == 1
+    assert "digest differs" in err and "Traceback" not in err
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["migrate", "{missing}", "{dst}"], "cannot read source"),
+    (["migrate", "{tmp}", "{dst}"], "not a regular file"),
+    (["migrate", "{src}", "{dst}", "--compress", "lz4"], "unknown codec 'lz4'"),
+    (["migrate", "{src}", "{dst}", "--compress", "zstd:99"], "zstd level"),
+    (["migrate", "{src}", "{dst}", "--channels", "0"], "channels must be"),
+    (["migrate", "{src}", "{dst}", "--channels", "1000"], "channels must be"),
+    (["migrate", "{src}", "{src}"], "exists; pass --force"),
+    (["migrate", "{src}", "{tmp}/nofolder/dst"], "does not exist"),
+    (["migrate", "{src}", "{dst}", "--device", "nopath"], "NAME=PATH"),
+    (["migrate", "{src}", "{dst}", "--device", "a={missing}"], "not a readable file"),
+    (["send", "{src}", "--to", "localhost:5000"], "malformed endpoint"),
+    (["receive", "{dst}", "--listen", "tcp://127.0.0.1:99999"], "not a usable TCP port"),
+    (["migrate", "{src}"], "required"),
+    ([], "a command is needed"),
+])
+def test_bad_usage_is_one_line_and_exit_code_2(image, tmp_path, args, message):
+    src = image(8192)
+    names = {"src": src, "dst": tmp_path / "dst", "tmp": tmp_path, "missing": tmp_path / "nope"}
+    run = multifd(*[a.format(**names) for a in args])
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_port_in_use_is_a_usage_error(tmp_path):
+    receiver, endpoint = start_receiver(tmp_path / "a")
+    try:
+        run = multifd("receive", str(tmp_path / "b"), "--listen", endpoint)
+        assert run.returncode == 2 and "cannot listen" in run.stderr
+    finally:
+        receiver.kill()
+        receiver.communicate()
+
+
+def test_version_names_the_libraries():
+    run = multifd("--version")
+    assert run.returncode == 0
+    assert "libzmq" in run.stdout and "CURVE" in run.stdout and "zstandard" in run.stdout
