@@ -43,7 +43,7 @@ def run_demo(size_text: str, as_json: bool) -> int:
             print(json_line(result))
         else:
             print_summary(result, title="demo: transfer verified")
-            say("independent byte-for-byte comparison: " + ("identical" if same else "DIFFERENT"))
+            print("independent byte-for-byte comparison: " + ("identical" if same else "DIFFERENT"))
         return 0 if same else 1
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -22,8 +22,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 KINDS: tuple[str, ...] = ("zero", "text", "binary", "random", "mixed")
 PAGE = 4096
 
-# Page codes are indices into KINDS; "mixed" is a layout of the first four.
-_ZERO, _TEXT, _BINARY, _RANDOM, _MIXED = range(len(KINDS))
+# Page codes are indices into KINDS; a mixed image is a layout of the first four.
+_TEXT, _BINARY, _RANDOM = 1, 2, 3
 _MIX_SHARES = (0.40, 0.25, 0.20, 0.15)  # zero, text, binary, random share of a mixed image
 _RUN_P = 1 / 8  # mixed runs are geometric(1/8) pages long (mean about 8), capped at 64
 _MAX_RUN = 64
@@ -55,15 +55,15 @@ def page_kinds(size: int, kind: str = "mixed", seed: int = 0) -> np.ndarray:
 
     Only "mixed" has a layout worth asking for; the other kinds give one code throughout.
     """
-    _check(size, kind)
+    _check(size, kind, seed)
     return np.concatenate([np.empty(0, np.uint8), *_layout(_pages(size), kind, seed)])
 
 
-def _check(size: int, kind: str) -> None:
+def _check(size: int, kind: str, seed: int) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown sample kind {kind!r}; known kinds: {', '.join(KINDS)}")
-    if size < 0:
-        raise ValueError(f"sample size must not be negative, got {size}")
+    if size < 0 or seed < 0:
+        raise ValueError(f"sample size and seed must not be negative, got {size} and {seed}")
 
 
 def _pages(size: int) -> int:
@@ -72,7 +72,7 @@ def _pages(size: int) -> int:
 
 def _generate(size: int, kind: str, seed: int) -> Iterator[np.ndarray]:
     """Check the arguments now, then yield the image as flat uint8 blocks."""
-    _check(size, kind)
+    _check(size, kind, seed)
     return _blocks(size, kind, seed)
 
 
@@ -152,36 +152,44 @@ def _text_pool(rng: np.random.Generator) -> np.ndarray:
     lengths = rng.choice([1, 2, 3], 3000, p=[0.3, 0.5, 0.2]).tolist()
     content = {"".join(syllables[i] for i in shape[:n]) for shape, n in zip(shapes, lengths)}
     vocabulary = _FUNCTION_WORDS + sorted(content)
-    # Each token carries its separator; a sentence end is followed by a capitalised word.
-    tokens = ([w + " " for w in vocabulary] + [w + ". " for w in vocabulary]
-              + [w.capitalize() + " " for w in vocabulary]
-              + [w.capitalize() + ". " for w in vocabulary])
-    zipf = np.cumsum(1 / np.arange(1, len(vocabulary) + 1))
+    # Each token carries its separator: a space, a sentence end or a paragraph end; the word
+    # after an end is capitalised.
+    tokens = [(w.capitalize() if capital else w) + separator
+              for capital in (False, True) for separator in (" ", ". ", ".\n\n")
+              for w in vocabulary]
+    zipf = np.cumsum(np.arange(1, len(vocabulary) + 1) ** -1.1)
 
-    def prose(count: int) -> str:
-        picks = np.searchsorted(zipf, rng.random(count) * zipf[-1])
-        ends = rng.random(count) < 1 / 12
-        capital = np.roll(ends, 1)
-        picks += len(vocabulary) * (ends + 2 * capital)
-        return "".join(map(tokens.__getitem__, picks.tolist()))
+    def words(count: int) -> np.ndarray:
+        return np.searchsorted(zipf, rng.random(count) * zipf[-1])
 
-    pool, clock = bytearray(), 1_700_000_000.0
+    # Programs log the same few hundred messages over and over.
+    messages = ["".join(map(tokens.__getitem__, phrase))
+                for phrase in words(6 * 300).reshape(300, 6).tolist()]
+    pool, clock, request = bytearray(), 1_700_000_000.0, 0x3A7F0000
     while len(pool) < _POOL_SIZE:
-        if rng.random() < 0.5:
-            pool += prose(int(rng.integers(40, 160))).rstrip().encode() + b"\n\n"
+        if rng.random() < 0.5:  # a few paragraphs
+            picks = words(int(rng.integers(100, 1000)))
+            chance = rng.random(picks.size)
+            ends = (chance < 1 / 12).astype(np.int64) + (chance < 1 / 150)
+            ends[-1] = 2  # so the next paragraph starts afresh, and this one is capitalised
+            picks += len(vocabulary) * (ends + 3 * (np.roll(ends, 1) > 0))
+            pool += "".join(map(tokens.__getitem__, picks.tolist())).encode()
             continue
-        lines = int(rng.integers(10, 60))
+        lines = int(rng.integers(10, 60))  # a burst of log lines
         times = clock + np.cumsum(rng.exponential(0.05, lines))
-        clock = times[-1]
-        for t, level, service, worker, request, took in zip(
+        requests = request + np.cumsum(rng.integers(1, 40, lines))
+        clock, request = times[-1], requests[-1]
+        for t, level, service, worker, rid, took, message in zip(
                 times.tolist(), rng.integers(len(_LEVELS), size=lines).tolist(),
                 rng.integers(len(_SERVICES), size=lines).tolist(),
                 rng.integers(8, size=lines).tolist(),
-                rng.integers(1 << 32, size=lines).tolist(),
-                rng.exponential(20, lines).tolist()):
+                requests.tolist(),
+                rng.exponential(20, lines).tolist(),
+                rng.integers(len(messages), size=lines).tolist()):
             pool += (f"2024-05-17 {int(t) // 3600 % 24:02d}:{int(t) // 60 % 60:02d}:"
                      f"{t % 60:06.3f} {_LEVELS[level]} [{_SERVICES[service]}-{worker}] "
-                     f"{prose(6).lower()}req={request:08x} took={took:.1f}ms\n").encode()
+                     f"{messages[message]}"
+                     f"req={rid:08x} took={took:.1f}ms\n").encode()
     return np.frombuffer(pool, np.uint8)
 
 
@@ -199,6 +207,11 @@ _INSTRUCTIONS = {
 }
 
 
+# Where user-space pointers point: the executable's heap, two libraries, the stack.
+_REGIONS = np.array([0x55D4_1A20_0000, 0x7F3A_1C40_0000, 0x7F3A_2E00_0000, 0x7FFC_8B10_0000],
+                    np.uint64)
+
+
 def _binary_pool(rng: np.random.Generator) -> np.ndarray:
     """About 4 MiB of code, pointer tables, small integers and records, in segments.
 
@@ -208,7 +221,7 @@ def _binary_pool(rng: np.random.Generator) -> np.ndarray:
     makers = (_code, _pointers, _small_ints, _records)
     segments, total = [], 0
     while total < _POOL_SIZE:
-        make = makers[rng.choice(len(makers), p=(0.5, 0.15, 0.15, 0.2))]
+        make = makers[rng.choice(len(makers), p=(0.5, 0.15, 0.15, 0.2))]  # code the most
         segments.append(make(rng, int(rng.integers(1 << 10, 16 << 10))))
         total += segments[-1].size
     return np.concatenate(segments)
@@ -232,23 +245,23 @@ def _instruction_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
 
 def _code(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Machine code: a weighted stream of the instructions above."""
     table, used, varies, weights = _instruction_table()
     picks = rng.choice(len(table), size // 3, p=weights)
     rows = table[picks]
-    # Displacements and offsets are small and mostly stack-slot sized, as compilers emit them.
-    rows[varies[picks]] = rng.choice(np.arange(8, 256, 8, dtype=np.uint8),
-                                     np.count_nonzero(varies[picks]))
+    # Displacements are mostly the first few stack slots (rbp-8, rbp-16, ...).
+    slots = np.arange(248, 0, -8, dtype=np.uint8)
+    rows[varies[picks]] = slots[np.minimum(rng.geometric(0.25, np.count_nonzero(varies[picks])),
+                                           slots.size) - 1]
     return rows[used[picks]][:size]
 
 
 def _pointers(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Tables of 8-byte user-space pointers into a few heap and library regions."""
-    bases = np.array([0x55D4_1A20_0000, 0x7F3A_1C40_0000, 0x7F3A_2E00_0000, 0x7FFC_8B10_0000],
-                     np.uint64)
+    """Tables of 8-byte pointers to objects allocated one after another in a few regions."""
     count = max(size // 8, 1)
-    region = bases[rng.integers(len(bases), size=count)]
-    return (region + rng.integers(0, 1 << 20, count).astype(np.uint64) * 16).astype("<u8").view(
-        np.uint8)
+    regions = _REGIONS[rng.integers(len(_REGIONS), size=count)]
+    offsets = np.cumsum(rng.geometric(0.25, count)).astype(np.uint64) * 16
+    return (regions + offsets).astype("<u8").view(np.uint8)
 
 
 def _small_ints(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -264,5 +277,5 @@ def _records(rng: np.random.Generator, size: int) -> np.ndarray:
     out["id"] = rng.integers(1, 1 << 20) + np.arange(count)
     out["type"] = rng.integers(1, 12, count)
     out["flags"] = rng.choice(np.array([0x1, 0x3, 0x11, 0x101], np.uint16), count)
-    out["next"] = 0x55D4_1A20_0000 + rng.integers(0, 1 << 20, count).astype(np.uint64) * 16
+    out["next"] = _REGIONS[0] + rng.integers(0, 1 << 20, count).astype(np.uint64) * 16
     return out.view(np.uint8)

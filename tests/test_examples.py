@@ -1,0 +1,30 @@
+"""Every script in examples/ runs, on small inputs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_ARGS = {
+    "migrate_image.py": ["--size", "8M", "--channels", "2", "--compress", "zstd:1"],
+    "rounds.py": ["--size", "4M", "--rounds", "2"],
+}
+
+
+def test_every_example_has_small_arguments():
+    scripts = {p.name for p in (ROOT / "examples").glob("*.py")}
+    missing = scripts - SMALL_ARGS.keys()
+    assert not missing, f"examples without a test: {missing}"
+
+
+@pytest.mark.parametrize("script", sorted(SMALL_ARGS))
+def test_example_runs(script):
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / script), *SMALL_ARGS[script]],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    assert "verified" in run.stdout
