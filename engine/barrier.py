@@ -17,6 +17,9 @@ class SyncBarrier:
 
     def arrive(self, channel: int, round_: int) -> bool:
         """Record a channel at the barrier; True when it was the last one (release them all)."""
+        if not 0 <= channel < self.channels:
+            raise ProtocolError(f"channel {channel} reached SYNC, but there are only "
+                                f"{self.channels} channels")
         if round_ != self.round:
             raise ProtocolError(f"channel {channel} reached SYNC of round {round_} during "
                                 f"round {self.round}")
@@ -33,3 +36,7 @@ class SyncBarrier:
     def idle(self) -> bool:
         """No channel is parked: every completed round has been released."""
         return not self.arrived
+
+    def forget(self, channel: int) -> None:
+        """A replaced channel arrives again (its SYNC is re-sent to the replacement)."""
+        self.arrived.discard(channel)

@@ -27,10 +27,10 @@ from engine.errors import EngineError, PeerLost, ProtocolError, TransferError, U
     VerificationFailed
 from engine.framing import decode
 from engine.image import check_destination, create_partial, parse_location
-from engine.processes import WorkerGroup
+from engine.processes import ChannelLost, WorkerGroup
 from engine.protocol import Complete, Fault, Hello, Synced, Verdict, Welcome, check_hello
 from engine.result import TransferResult, per_channel, total
-from engine.settings import PAGE_SIZE
+from engine.settings import MAX_CHANNEL_FAILURES, PAGE_SIZE
 
 
 class Receiver:
@@ -140,82 +140,23 @@ class Receiver:
             handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
             written_path=str(written) if written else None, device_dir=str(staging))
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
-        bound = workers.gather(jobs.Bound)
-        link.send(Welcome(session=hello.session,
-                          ports=[int(b.endpoint.rsplit(":", 1)[1]) for b in bound]))
-        barrier = SyncBarrier(settings.channels)
-        state = _Ending(size)
-
-        def on_worker(channel: int, msg: Any) -> None:
-            if isinstance(msg, jobs.Reached):
-                if barrier.arrive(channel, msg.round):
-                    workers.broadcast(jobs.Release(round=msg.round))
-                    link.send(Synced(round=msg.round))
-            elif isinstance(msg, jobs.Notice) and msg.kind == "device":
-                assembler.add(**msg.data)
-            elif isinstance(msg, jobs.Hashed):
-                state.hashes.update(zip(msg.segments, msg.digests))
-            else:
-                raise ProtocolError(f"unexpected {msg.TAG} from destination worker {channel}")
-
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        for socket in workers.sockets:
-            poller.register(socket, zmq.POLLIN)
-        while not state.hashed:
-            events = dict(poller.poll(link.poll_interval_ms()))
-            for channel, socket in enumerate(workers.sockets):
-                while socket in events and socket.poll(0):
-                    workers.check(channel, workers.receive(channel), on_worker)
-            while self._socket in events and self._socket.poll(0):
-                msg = link.receive()
-                if isinstance(msg, Complete) and state.complete is None:
-                    if not barrier.idle:
-                        raise ProtocolError("COMPLETE arrived in the middle of a round")
-                    state.complete = msg
-                    self._hash(workers, size)
-                elif isinstance(msg, Fault):
-                    raise TransferError(f"sender failed: {msg.message}")
-                elif msg is not None:
-                    raise ProtocolError(f"unexpected {msg.TAG} from the sender")
-            link.keep_alive()
-            workers.check_alive()
-        image_digest = self._verify(state, assembler, link)
+        ports = [int(bound.endpoint.rsplit(":", 1)[1])
+                 for _, bound in sorted(workers.gather(jobs.Bound).items())]
+        link.send(Welcome(session=hello.session, ports=ports))
+        transfer = _Transfer(link, workers, assembler, size, ports)
+        complete, image_digest = transfer.run()
         os.replace(partial, self.location.path)
         self._partial = None
         assembler.commit()
         link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes()))
-        stats = workers.stop()
+        stats = transfer.counters
+        workers.close()
         return TransferResult(
             ok=True, bytes=size, seconds=time.perf_counter() - started,
             wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
             zero_pages=total(stats, "zero_pages"), channels=settings.channels,
-            compress=settings.compress, rounds=state.complete.rounds, digest=image_digest,
+            compress=settings.compress, rounds=complete.rounds, digest=image_digest,
             devices=assembler.sizes(), per_channel=per_channel(stats))
-
-    def _hash(self, workers: WorkerGroup, size: int) -> None:
-        segments = digest.segment_count(size)
-        channels = len(workers.sockets)
-        for channel in range(channels):
-            mine = list(range(channel, segments, channels))
-            if mine:
-                workers.send(channel, jobs.HashJob(segments=mine))
-
-    def _verify(self, state: "_Ending", assembler: DeviceAssembler, link: ControlLink) -> str:
-        complete = state.complete
-        assembler.check_complete(set(complete.devices))
-        image_digest = digest.combine(state.size, (state.hashes[i] for i in sorted(state.hashes)))
-        problems = []
-        if image_digest != complete.digest:
-            problems.append("the image's digest differs from the source's")
-        for key, value in sorted(assembler.digests().items()):
-            if value != complete.devices.get(key):
-                problems.append(f"device {key}'s digest differs from the source's")
-        if problems:
-            message = "; ".join(problems)
-            link.send(Verdict(ok=False, message=message, digest=image_digest, devices={}))
-            raise VerificationFailed(f"verification failed: {message}")
-        return image_digest
 
     def _written_map(self, session: bytes, size: int) -> Path | None:
         """One byte per page, shared by the workers: which pages hold data (see ram.py)."""
@@ -249,15 +190,106 @@ def default_device_dir(image: Path) -> Path:
     return image.with_name(image.name + ".devices")
 
 
-class _Ending:
-    """COMPLETE and the digests gathered for it."""
+class _Transfer:
+    """One transfer in progress on the destination: barrier, devices, recovery, digest."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, link: ControlLink, workers: WorkerGroup, assembler: DeviceAssembler,
+                 size: int, ports: list[int]) -> None:
+        self.link = link
+        self.workers = workers
+        self.assembler = assembler
         self.size = size
+        self.ports = ports
+        self.barrier = SyncBarrier(len(ports))
+        self.failures = [0] * len(ports)
         self.complete: Complete | None = None
+        self.hash_plan: dict[int, list[int]] = {}
         self.hashes: dict[int, bytes] = {}
+        self.counters: list[dict[str, float]] = [{} for _ in ports]
+        self.poller: zmq.Poller | None = None
 
-    @property
-    def hashed(self) -> bool:
-        return (self.complete is not None
-                and len(self.hashes) == digest.segment_count(self.size))
+    def run(self) -> tuple[Complete, str]:
+        """Serve until COMPLETE arrived and the image is hashed; returns COMPLETE and the
+        verified digest (raises VerificationFailed after telling the source)."""
+        while self.complete is None or not all(self.counters):
+            events = dict(self.watch().poll(self.link.poll_interval_ms()))
+            try:
+                self.on_events(events)
+            except ChannelLost as lost:
+                self.recover(lost)
+        return self.complete, self.verify()
+
+    def watch(self) -> zmq.Poller:
+        if self.poller is None:
+            self.poller = zmq.Poller()
+            self.poller.register(self.link.socket, zmq.POLLIN)
+            for socket in self.workers.sockets:
+                self.poller.register(socket, zmq.POLLIN)
+        return self.poller
+
+    def on_events(self, events: dict) -> None:
+        workers = self.workers
+        for channel, socket in enumerate(workers.sockets):
+            while socket in events and socket.poll(0):
+                workers.check(channel, workers.receive(channel), self.on_worker)
+        while self.link.socket in events and self.link.socket.poll(0):
+            self.on_control(self.link.receive())
+        self.link.keep_alive()
+        workers.check_alive()
+
+    def on_worker(self, channel: int, msg: Any) -> None:
+        if isinstance(msg, jobs.Reached):
+            if self.barrier.arrive(channel, msg.round):
+                self.workers.broadcast(jobs.Release(round=msg.round))
+                self.link.send(Synced(round=msg.round))
+        elif isinstance(msg, jobs.Notice) and msg.kind == "device":
+            self.assembler.add(**msg.data)
+        elif isinstance(msg, jobs.Hashed):
+            self.hashes.update(zip(msg.segments, msg.digests))
+            self.counters[channel] = msg.counters
+        else:
+            raise ProtocolError(f"unexpected {msg.TAG} from destination worker {channel}")
+
+    def on_control(self, msg: Any) -> None:
+        if isinstance(msg, Complete) and self.complete is None:
+            if not self.barrier.idle:
+                raise ProtocolError("COMPLETE arrived in the middle of a round")
+            self.complete = msg
+            self.hash_plan = digest.plan(self.size, len(self.ports))
+            for channel, segments in self.hash_plan.items():
+                self.workers.send(channel, jobs.HashJob(segments=segments))
+        elif isinstance(msg, Fault):
+            raise TransferError(f"sender failed: {msg.message}")
+        elif msg is not None:
+            raise ProtocolError(f"unexpected {msg.TAG} from the sender")
+
+    def recover(self, lost: ChannelLost) -> None:
+        """Replace a dead destination worker on the same port, in the current round; the
+        source notices its connection drop and re-sends what was not acknowledged."""
+        channel = lost.channel
+        self.failures[channel] += 1
+        if self.failures[channel] >= MAX_CHANNEL_FAILURES:
+            raise TransferError(f"channel {channel} failed {self.failures[channel]} times, "
+                                f"giving up; last cause: {lost}")
+        self.barrier.forget(channel)
+        self.workers.replace(channel, listen_port=self.ports[channel], round=self.barrier.round)
+        self.poller = None
+        self.workers.gather(jobs.Bound, [channel])
+        if self.hash_plan and not self.counters[channel]:
+            self.workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
+
+    def verify(self) -> str:
+        complete = self.complete
+        self.assembler.check_complete(set(complete.devices))
+        image_digest = digest.combine(self.size, (self.hashes[i] for i in sorted(self.hashes)))
+        problems = []
+        if image_digest != complete.digest:
+            problems.append("the image's digest differs from the source's")
+        for key, value in sorted(self.assembler.digests().items()):
+            if value != complete.devices.get(key):
+                problems.append(f"device {key}'s digest differs from the source's")
+        if problems:
+            message = "; ".join(problems)
+            self.link.send(Verdict(ok=False, message=message, digest=image_digest, devices={}))
+            raise VerificationFailed(f"verification failed: {message}")
+        return image_digest

@@ -27,6 +27,12 @@ def segment_count(size: int) -> int:
     return (size + SEGMENT_BYTES - 1) // SEGMENT_BYTES
 
 
+def plan(size: int, channels: int) -> dict[int, list[int]]:
+    """Which segments each channel's worker hashes (round robin; some may get none)."""
+    segments = segment_count(size)
+    return {channel: list(range(channel, segments, channels)) for channel in range(channels)}
+
+
 def hash_segment(image, fd: int, index: int) -> bytes:
     """xxh3-128 of segment `index` of the file open as `fd` and mapped as `image`."""
     view = memoryview(image)

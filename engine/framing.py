@@ -54,7 +54,7 @@ def decode(data: bytes | memoryview, *expected: type[M]) -> M:
             raw=False,
             strict_map_key=True,
             max_array_len=65536,
-            max_map_len=64,
+            max_map_len=4096,
             max_str_len=4096,
             max_bin_len=MAX_HEADER_BYTES,
         )
@@ -82,7 +82,7 @@ def _build(cls: type[M], fields: dict) -> M:
     extra = fields.keys() - hints.keys()
     if missing or extra:
         raise ProtocolError(f"{cls.TAG} message has missing fields {sorted(missing)} "
-                            f"or unknown fields {sorted(extra)[:5]}")
+                            f"or unknown fields {sorted(map(repr, extra))[:5]}")
     for name, value in fields.items():
         if not _is_instance(value, hints[name]):
             raise ProtocolError(f"{cls.TAG}.{name} has the wrong type ({type(value).__name__})")

@@ -27,13 +27,19 @@ class Bound:
 
 @message("w.connect")
 class Connect:
+    """Dial the destination; the first packet to send is `first_seq` (re-sent ones follow)."""
+
     endpoint: str
+    first_seq: int
 
 
 @message("w.job")
 class Job:
-    """One packet's worth of work for the handler named `kind`; `spec` is the handler's."""
+    """One packet's worth of work for the handler named `kind`; `spec` is the handler's.
+    The coordinator numbers packets per channel, so that it can re-send unacknowledged ones
+    on a replacement worker and the destination can drop those it already applied."""
 
+    seq: int
     kind: str
     spec: dict[str, Any]
 
@@ -55,7 +61,9 @@ class Release:
 
 @message("w.credit")
 class Credit:
-    packets: int
+    """The destination applied every packet of this channel up to and including `acked`."""
+
+    acked: int
 
 
 @message("w.notice")
@@ -73,20 +81,17 @@ class HashJob:
 
 @message("w.hashed")
 class Hashed:
+    """Digests of the segments asked for, and the worker's counters for the summary (its
+    work is done by then: hashing is the last thing a worker does)."""
+
     segments: list[int]
     digests: list[bytes]
+    counters: dict[str, float]
 
 
 @message("w.stop")
 class Stop:
     pass
-
-
-@message("w.stats")
-class Stats:
-    """A worker's counters, sent once when it stops."""
-
-    counters: dict[str, float]
 
 
 @message("w.failure")
@@ -111,6 +116,8 @@ class WorkerConfig:
     image_size: int
     handlers: tuple[str, ...]
     listen_host: str = "127.0.0.1"
+    listen_port: int = 0  # a replacement destination worker binds its predecessor's port
+    round: int = 0  # the round a replacement destination worker joins in
     fresh: bool = True
     written_path: str | None = None
     device_dir: str | None = None

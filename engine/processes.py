@@ -1,9 +1,10 @@
-"""Starting, watching and stopping a coordinator's worker processes.
+"""Starting, watching, replacing and stopping a coordinator's worker processes.
 
 Workers come from a forkserver that has already imported the worker code (numpy, zmq,
-zstandard), so starting four of them costs milliseconds, not a fresh interpreter each.
-Each worker gets its own IPC socket to the coordinator in a private folder. Stopping is
-always bounded: ask, wait, then kill, so no process outlives the coordinator.
+zstandard), so starting one costs milliseconds, not a fresh interpreter. Each worker gets its
+own IPC socket to the coordinator in a private folder. A worker that dies, or whose channel
+connection drops, is reported as ChannelLost so that the coordinator can replace it.
+Stopping is always bounded, so no process outlives the coordinator.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import shutil
 import tempfile
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import zmq
 
+import workers.main as worker_main  # module import: workers.main imports engine too
 from engine.errors import PeerLost, error_named
 from engine.framing import decode, encode
-from engine.jobs import Failure, Stats, Stop, WorkerConfig
-import workers.main as worker_main  # module import: workers.main imports engine too
+from engine.jobs import Failure, Stop, WorkerConfig
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 2.0
@@ -28,30 +29,49 @@ _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["workers.main"])
 
 
+class ChannelLost(PeerLost):
+    """A worker died or lost its connection: its channel may be recovered by a replacement."""
+
+    def __init__(self, channel: int, cause: str) -> None:
+        super().__init__(cause)
+        self.channel = channel
+
+
 class WorkerGroup:
     """One worker per channel, each with a PAIR socket owned by the calling thread."""
 
     def __init__(self, zmq_context: zmq.Context, template: WorkerConfig, channels: int) -> None:
+        self.zmq_context = zmq_context
+        self.template = template
         self.folder = tempfile.mkdtemp(prefix="multifd-")
-        self.sockets: list[zmq.Socket] = []
-        self.processes: list[Any] = []
-        self.stats: list[dict[str, float]] = [{} for _ in range(channels)]
+        self.sockets: list[zmq.Socket | None] = [None] * channels
+        self.processes: list[Any] = [None] * channels
+        self.starts = 0  # how many workers were started: names each IPC endpoint uniquely
         try:
             for channel in range(channels):
-                socket = zmq_context.socket(zmq.PAIR)
-                socket.linger = 0
-                endpoint = f"ipc://{self.folder}/w{channel}"
-                socket.bind(endpoint)
-                self.sockets.append(socket)
-                config = replace(template, channel=channel, control=endpoint)
-                process = _context.Process(target=worker_main.run_worker, args=(config,),
-                                           name=f"multifd-{template.side}-{channel}",
-                                           daemon=True)
-                process.start()
-                self.processes.append(process)
+                self._start(channel, template)
         except BaseException:
             self.close()
             raise
+
+    def _start(self, channel: int, config: WorkerConfig) -> None:
+        socket = self.zmq_context.socket(zmq.PAIR)
+        socket.linger = 0
+        endpoint = f"ipc://{self.folder}/w{channel}.{self.starts}"
+        self.starts += 1
+        socket.bind(endpoint)
+        self.sockets[channel] = socket
+        process = _context.Process(target=worker_main.run_worker,
+                                   args=(replace(config, channel=channel, control=endpoint),),
+                                   name=f"multifd-{config.side}-{channel}", daemon=True)
+        process.start()
+        self.processes[channel] = process
+
+    def replace(self, channel: int, **changes: Any) -> None:
+        """Kill channel's worker (if still alive) and start a new one with `changes`."""
+        self._end(self.processes[channel])
+        self.sockets[channel].close(linger=0)
+        self._start(channel, replace(self.template, **changes))
 
     def send(self, channel: int, msg: Any) -> None:
         self.sockets[channel].send(encode(msg))
@@ -63,73 +83,76 @@ class WorkerGroup:
     def receive(self, channel: int) -> Any:
         return decode(self.sockets[channel].recv())
 
-    def gather(self, expected: type, timeout_s: float = START_TIMEOUT_S,
-               on_other: Callable[[int, Any], None] | None = None) -> list[Any]:
-        """Wait for one `expected` message from every worker (failures raise)."""
-        answers: list[Any] = [None] * len(self.sockets)
-        poller = zmq.Poller()
-        for socket in self.sockets:
-            poller.register(socket, zmq.POLLIN)
+    def gather(self, expected: type, channels: Iterable[int] | None = None,
+               timeout_s: float = START_TIMEOUT_S) -> dict[int, Any]:
+        """Wait for one `expected` message from each of `channels` (default: all)."""
+        waiting = set(range(len(self.sockets)) if channels is None else channels)
+        answers: dict[int, Any] = {}
         deadline = time.monotonic() + timeout_s
-        while any(a is None for a in answers):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PeerLost(f"workers did not answer within {timeout_s:.0f} s")
-            events = dict(poller.poll(min(remaining, 0.5) * 1000))
-            for channel, socket in enumerate(self.sockets):
-                if socket in events:
+        while waiting:
+            if time.monotonic() > deadline:
+                raise PeerLost(f"workers did not start within {timeout_s:.0f} s")
+            poller = zmq.Poller()
+            for channel in waiting:
+                poller.register(self.sockets[channel], zmq.POLLIN)
+            events = dict(poller.poll(100))
+            for channel in list(waiting):
+                if self.sockets[channel] in events:
                     msg = self.receive(channel)
-                    if isinstance(msg, expected) and answers[channel] is None:
+                    if isinstance(msg, expected):
                         answers[channel] = msg
+                        waiting.discard(channel)
                     else:
-                        self.check(channel, msg, on_other)
-            self.check_alive()
+                        self.check(channel, msg, None)
+            self.check_alive(waiting)
         return answers
 
     def check(self, channel: int, msg: Any, on_other: Callable[[int, Any], None] | None) -> None:
         """Raise for a failure report; hand anything else to `on_other`."""
         if isinstance(msg, Failure):
+            if msg.error == "PeerLost":
+                raise ChannelLost(channel, msg.message)
             raise error_named(msg.error, msg.message)
-        if isinstance(msg, Stats):
-            self.stats[channel] = msg.counters
-        elif on_other is not None:
+        if on_other is not None:
             on_other(channel, msg)
 
-    def check_alive(self) -> None:
-        for channel, process in enumerate(self.processes):
-            if process.exitcode is not None and not self.stats[channel]:
+    def check_alive(self, channels: Iterable[int] | None = None) -> None:
+        """Raise ChannelLost for a worker (of `channels`, default all) that has exited."""
+        for channel in range(len(self.processes)) if channels is None else channels:
+            process = self.processes[channel]
+            if process.exitcode is not None:
                 while self.sockets[channel].poll(0):  # its last words explain best
                     self.check(channel, self.receive(channel), None)
-                raise PeerLost(f"{process.name} died unexpectedly (exit code {process.exitcode})")
-
-    def stop(self) -> list[dict[str, float]]:
-        """Ask every worker to stop, collect their counters, and wait for them to exit."""
-        for channel, process in enumerate(self.processes):
-            if process.exitcode is None:
-                self.send(channel, Stop())
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for channel, socket in enumerate(self.sockets):
-            while not self.stats[channel] and socket.poll(max(0, deadline - time.monotonic()) * 1000):
-                msg = self.receive(channel)
-                if isinstance(msg, Stats):
-                    self.stats[channel] = msg.counters
-        self.close()
-        return self.stats
+                raise ChannelLost(channel, f"{process.name} died unexpectedly "
+                                           f"(exit code {process.exitcode})")
 
     def close(self) -> None:
-        """Make sure no worker survives: join briefly, then terminate, then kill."""
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        """Stop every worker (asked first, then terminated: they hold no state worth saving)
+        and remove the IPC folder. Bounded by STOP_TIMEOUT_S."""
+        for channel, process in enumerate(self.processes):
+            if process is not None and process.exitcode is None:
+                try:  # never block: a worker that is already gone has no peer socket
+                    self.sockets[channel].send(encode(Stop()), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+        deadline = time.monotonic() + STOP_TIMEOUT_S / 4
         for process in self.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
+            if process is not None:
+                process.join(max(0.0, deadline - time.monotonic()))
         for process in self.processes:
-            if process.exitcode is None:
-                process.terminate()
-                process.join(0.5)
-            if process.exitcode is None:
-                process.kill()
-                process.join()
+            self._end(process)
         for socket in self.sockets:
-            socket.close(linger=0)
-        self.sockets.clear()
+            if socket is not None:
+                socket.close(linger=0)
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    @staticmethod
+    def _end(process: Any) -> None:
+        if process is None:
+            return
+        if process.exitcode is None:
+            process.terminate()
+            process.join(0.5)
+        if process.exitcode is None:
+            process.kill()
+        process.join()

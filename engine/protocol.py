@@ -17,9 +17,11 @@ from typing import Any, Sequence
 
 import xxhash
 
-from engine.errors import CorruptPayload, ProtocolError
+from engine.errors import CorruptPayload, ProtocolError, UsageError
 from engine.framing import decode, message
 from engine.settings import PAGE_SIZE, TransferSettings
+from workers.codecs import make_codec
+from workers.handlers import HANDLERS
 
 MAGIC = "multifd-engine"
 VERSION = 1
@@ -95,10 +97,13 @@ class Heartbeat:
 
 @message("init")
 class Init:
+    """Opens (or, after a failure, re-opens) a channel: packets follow from `first_seq` on."""
+
     magic: str
     version: int
     session: bytes
     channel: int
+    first_seq: int
 
 
 @message("pkt")
@@ -156,9 +161,15 @@ def check_hello(hello: Hello, max_image_size: int = 1 << 46) -> TransferSettings
         raise ProtocolError(f"page size {hello.page_size} is not {PAGE_SIZE}")
     if not 0 <= hello.image_size <= max_image_size:
         raise ProtocolError(f"image size {hello.image_size} is out of range")
+    known = set(HANDLERS.names())
+    if "ram" not in hello.handlers or not set(hello.handlers) <= known:
+        raise ProtocolError(f"peer announced payload handlers {hello.handlers[:8]}; this "
+                            f"receiver has {sorted(known)} and needs 'ram'")
     try:
+        make_codec(hello.compress)
+        make_codec(hello.device_compress)
         return hello.settings()
-    except Exception as exc:  # UsageError from TransferSettings: the peer's fault here
+    except UsageError as exc:  # a bad codec or setting is the peer's fault here
         raise ProtocolError(f"peer announced bad settings: {exc}") from None
 
 
@@ -172,7 +183,8 @@ class ChannelRules:
         self.settings = settings
         self.kinds = frozenset(kinds)
         self.max_payload = max_payload
-        self.next_seq = 0
+        self.next_seq: int | None = None  # set by the first INIT
+
 
     def check_init(self, frames: Sequence[Any]) -> Init:
         if len(frames) != 1:
@@ -183,10 +195,26 @@ class ChannelRules:
         if init.session != self.session:
             raise ProtocolError("INIT carries another session id")
         self._check_channel(init.channel)
+        if init.first_seq < 0 or (self.next_seq is not None and init.first_seq > self.next_seq):
+            raise ProtocolError(f"INIT resumes at packet {init.first_seq}, but packet "
+                                f"{self.next_seq} is the next one due")
+        if self.next_seq is None:
+            self.next_seq = init.first_seq
         return init
 
+    def accept(self, packet: "Packet") -> bool:
+        """True if `packet` is the next one due (and counts it); False if it was applied
+        already and is being re-sent after a reconnect. A gap is a protocol error."""
+        if packet.seq > self.next_seq:
+            raise ProtocolError(f"packet {packet.seq} arrived where {self.next_seq} was due")
+        if packet.seq < self.next_seq:
+            return False
+        self.next_seq += 1
+        return True
+
     def check_message(self, frames: Sequence[Any]) -> Packet | Sync:
-        """Validate a PACKET (header, checksum, sizes) or a SYNC arriving on this channel."""
+        """Validate a PACKET (header, checksum, sizes) or a SYNC arriving on this channel.
+        Ordering is checked separately, by accept()."""
         if not frames:
             raise ProtocolError("empty message")
         msg = decode(frames[0], Packet, Sync)
@@ -198,8 +226,6 @@ class ChannelRules:
                 raise ProtocolError("SYNC must be a single frame")
             return msg
         payload = frames[1:]
-        if msg.seq != self.next_seq:
-            raise ProtocolError(f"packet {msg.seq} arrived where {self.next_seq} was due")
         if msg.kind not in self.kinds:
             raise ProtocolError(f"packet of unannounced kind {msg.kind[:40]!r}")
         if len(msg.sizes) != len(payload):
@@ -211,7 +237,6 @@ class ChannelRules:
                 raise ProtocolError(f"frame of {len(frame)} bytes announced as {size}")
         if checksum(payload) != msg.checksum:
             raise CorruptPayload(f"checksum mismatch in packet {msg.seq}")
-        self.next_seq += 1
         return msg
 
     def _check_channel(self, channel: int) -> None:

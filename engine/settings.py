@@ -17,6 +17,9 @@ DEFAULT_WINDOW = 8
 DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_CHANNELS = 2
 MAX_CHANNELS = 64
+# A channel whose worker or connection fails this often fails the transfer: a killed worker
+# or a cut connection is recovered, a channel that keeps breaking is not retried forever.
+MAX_CHANNEL_FAILURES = 3
 MAX_PACKET_PAGES = 1024
 MAX_CHUNK_SIZE = 16 << 20
 MAX_WINDOW = 256

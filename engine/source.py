@@ -12,8 +12,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -27,10 +26,11 @@ from engine.errors import EngineError, ProtocolError, TransferError, UsageError,
     VerificationFailed
 from engine.image import parse_location, source_size
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
-from engine.processes import WorkerGroup
+from engine.inflight import InFlight
+from engine.processes import ChannelLost, WorkerGroup
 from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
 from engine.result import TransferResult, per_channel, total
-from engine.settings import PAGE_SIZE, TransferSettings
+from engine.settings import MAX_CHANNEL_FAILURES, PAGE_SIZE, TransferSettings
 from workers.handlers.device import NAME_PATTERN, device_key
 
 HANDSHAKE_TIMEOUT_S = 30.0
@@ -73,6 +73,7 @@ class Sender:
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._devices: dict[str, tuple[Path, int]] = {}
+        self._endpoints: list[str] = []
         self._spilled: list[Path] = []
         self._unsynced = False
         self._rounds = 0
@@ -126,7 +127,9 @@ class Sender:
         for channel, port in enumerate(welcome.ports):
             if not 0 < port < 65536:
                 raise ProtocolError(f"receiver announced port {port} for channel {channel}")
-            self._workers.send(channel, jobs.Connect(endpoint=self._control.dial_port(port)))
+            self._endpoints.append(self._control.dial_port(port))
+            self._workers.send(channel, jobs.Connect(endpoint=self._endpoints[channel],
+                                                     first_seq=0))
 
     def close(self) -> None:
         """Stop everything; safe to call at any point, also after an error."""
@@ -168,7 +171,7 @@ class Sender:
     def send_device(self, name: str, state: bytes | bytearray | memoryview | str | os.PathLike,
                     instance: int = 0) -> None:
         """Queue one device's state: bytes (spilled to a temporary file) or a file's path."""
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise UsageError(f"device name {name!r} must be letters, digits, '.', '_' or '-'")
         key = device_key(name, instance)
         path = self._device_file(key, state)
@@ -277,19 +280,23 @@ class Sender:
 
 
 class _Dispatcher:
-    """The state of the dispatcher thread: credits, the current job stream, pending markers."""
+    """The dispatcher thread's state: credits, what each channel has in flight, markers."""
 
     def __init__(self, sender: Sender) -> None:
         self.s = sender
         channels = sender.settings.channels
-        self.credit = [sender.settings.window] * channels
-        self.in_flight: list[deque[int]] = [deque() for _ in range(channels)]
+        self.in_flight = [InFlight() for _ in range(channels)]
+        self.failures = [0] * channels
         self.current: Iterator[tuple] | None = None
         self.round = 0
         self.waiting_sync: dict[int, _SyncMarker] = {}
         self.finishing: _FinishMarker | None = None
+        self.hash_plan: dict[int, list[int]] = {}
         self.hashes: dict[int, bytes] = {}
+        self.counters: list[dict[str, float]] = [{} for _ in range(channels)]
         self.image_digest = ""
+        self.verdict: Verdict | None = None
+        self.poller: zmq.Poller | None = None
 
     def markers(self) -> list[_Marker]:
         """Every marker a caller may be waiting on."""
@@ -297,31 +304,66 @@ class _Dispatcher:
 
     def run(self) -> None:
         s = self.s
-        workers, control = s._workers, s._control
-        poller = zmq.Poller()
-        poller.register(s._wake_r, zmq.POLLIN)
-        poller.register(control.socket, zmq.POLLIN)
-        for socket in workers.sockets:
-            poller.register(socket, zmq.POLLIN)
         while s._error is None:
             self.dispatch()
-            events = dict(poller.poll(control.poll_interval_ms()))
+            events = dict(self.watch().poll(s._control.poll_interval_ms()))
             if s._wake_r in events:
                 os.read(s._wake_r, 65536)
-            for channel, socket in enumerate(workers.sockets):
-                while socket in events and socket.poll(0):
-                    workers.check(channel, workers.receive(channel), self.on_worker)
-            if control.socket in events:
-                self.on_control(control.receive())
-            control.keep_alive()
-            workers.check_alive()
-            if self.finishing is not None and self.finishing.result is not None:
+            try:
+                self.on_events(events)
+            except ChannelLost as lost:
+                self.recover(lost)
+            if self.verdict is not None:
+                s._workers.close()
+                self.finishing.result = (self.verdict, self.counters, self.image_digest)
                 self.finishing.done.set()
                 return
         raise s._error
 
+    def watch(self) -> zmq.Poller:
+        """The poller over the wake pipe, the control link and the current worker sockets."""
+        if self.poller is None:
+            self.poller = zmq.Poller()
+            self.poller.register(self.s._wake_r, zmq.POLLIN)
+            self.poller.register(self.s._control.socket, zmq.POLLIN)
+            for socket in self.s._workers.sockets:
+                self.poller.register(socket, zmq.POLLIN)
+        return self.poller
+
+    def on_events(self, events: dict) -> None:
+        workers, control = self.s._workers, self.s._control
+        while control.socket in events and control.socket.poll(0) and self.verdict is None:
+            self.on_control(control.receive())
+        for channel, socket in enumerate(workers.sockets):
+            while socket in events and socket.poll(0):
+                workers.check(channel, workers.receive(channel), self.on_worker)
+        control.keep_alive()
+        workers.check_alive()
+
+    def recover(self, lost: ChannelLost) -> None:
+        """Replace a failed channel's worker and re-send what was not acknowledged."""
+        if self.finishing is not None and all(self.counters):
+            return  # COMPLETE is out: the channels have done their part, only the verdict is due
+        channel = lost.channel
+        self.failures[channel] += 1
+        if self.failures[channel] >= MAX_CHANNEL_FAILURES:
+            raise TransferError(f"channel {channel} failed {self.failures[channel]} times, "
+                                f"giving up; last cause: {lost}")
+        workers = self.s._workers
+        workers.replace(channel)
+        self.poller = None
+        workers.gather(jobs.Ready, [channel])
+        flight = self.in_flight[channel]
+        workers.send(channel, jobs.Connect(endpoint=self.s._endpoints[channel],
+                                           first_seq=flight.first_unacked))
+        for msg in flight.replay():
+            workers.send(channel, msg)
+        if self.hash_plan and not self.counters[channel]:
+            workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
+
     def dispatch(self) -> None:
         s = self.s
+        window = s.settings.window
         while self.finishing is None:
             if self.current is None:
                 try:
@@ -329,7 +371,8 @@ class _Dispatcher:
                 except queue.Empty:
                     return
                 if isinstance(item, _SyncMarker):
-                    s._workers.broadcast(jobs.SyncJob(round=self.round))
+                    for channel, flight in enumerate(self.in_flight):
+                        s._workers.send(channel, flight.add_sync(self.round))
                     self.waiting_sync[self.round] = item
                     self.round += 1
                 elif isinstance(item, _FinishMarker):
@@ -337,29 +380,24 @@ class _Dispatcher:
                 else:
                     self.current = item
                 continue
-            channel = max(range(len(self.credit)), key=self.credit.__getitem__)
-            if self.credit[channel] == 0:
+            channel = min(range(len(self.in_flight)), key=lambda c: len(self.in_flight[c]))
+            if len(self.in_flight[channel]) >= window:
                 return
             job = next(self.current, None)
             if job is None:
                 self.current = None
                 continue
-            kind, spec, nbytes = job
-            s._workers.send(channel, jobs.Job(kind=kind, spec=spec))
-            self.credit[channel] -= 1
-            self.in_flight[channel].append(nbytes)
+            s._workers.send(channel, self.in_flight[channel].add_job(*job))
 
     def on_worker(self, channel: int, msg: Any) -> None:
         if isinstance(msg, jobs.Credit):
-            done = 0
-            for _ in range(msg.packets):
-                done += self.in_flight[channel].popleft()
-            self.credit[channel] += msg.packets
+            done = self.in_flight[channel].acked(msg.acked)
             if self.s.progress is not None and done:
                 self.s.progress(done)
         elif isinstance(msg, jobs.Hashed):
             self.hashes.update(zip(msg.segments, msg.digests))
-            if len(self.hashes) == digest.segment_count(self.s.image_size):
+            self.counters[channel] = msg.counters
+            if all(self.counters):
                 self.send_complete()
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from source worker {channel}")
@@ -371,14 +409,15 @@ class _Dispatcher:
             marker = self.waiting_sync.pop(msg.round, None)
             if marker is None:
                 raise ProtocolError(f"receiver confirmed round {msg.round} that was not synced")
+            for flight in self.in_flight:
+                flight.synced(msg.round)
             self.s._rounds = msg.round + 1
             marker.result = msg.round
             marker.done.set()
         elif isinstance(msg, Verdict):
             if not msg.ok:
                 raise VerificationFailed(f"destination did not verify: {msg.message}")
-            stats = self.s._workers.stop()
-            self.finishing.result = (msg, stats, self.image_digest)
+            self.verdict = msg
         elif isinstance(msg, Fault):
             raise TransferError(f"receiver failed: {msg.message}")
         else:
@@ -386,14 +425,9 @@ class _Dispatcher:
 
     def start_finish(self, marker: _FinishMarker) -> None:
         self.finishing = marker
-        segments = digest.segment_count(self.s.image_size)
-        channels = len(self.credit)
-        for channel in range(channels):
-            mine = list(range(channel, segments, channels))
-            if mine:
-                self.s._workers.send(channel, jobs.HashJob(segments=mine))
-        if segments == 0:
-            self.send_complete()
+        self.hash_plan = digest.plan(self.s.image_size, len(self.in_flight))
+        for channel, segments in self.hash_plan.items():
+            self.s._workers.send(channel, jobs.HashJob(segments=segments))
 
     def send_complete(self) -> None:
         self.image_digest = digest.combine(

@@ -27,6 +27,7 @@ from engine.protocol import (MAGIC, SESSION_BYTES, VERSION, Ack, ChannelRules, C
 from engine.settings import PAGE_SIZE, TransferSettings
 
 SESSION = bytes(range(SESSION_BYTES))
+# names it, so that the test cannot pass as 'expected failure' for any other reason.
 OTHER_SESSION = bytes(reversed(range(SESSION_BYTES)))
 
 
@@ -123,7 +124,7 @@ def any_message(draw):
     return cls(**{name: draw(strategy_for(hint)) for name, hint in _hints(cls).items()})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(any_message())
 def test_any_well_typed_message_round_trips(msg):
     assert decode(encode(msg), type(msg)) == msg
@@ -197,9 +198,6 @@ def test_decode_refuses_extra_fields_with_binary_names():
         decode(msg)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="framing._build sorts a set of str and bytes keys to word its error "
-                          "message: TypeError instead of ProtocolError")
 def test_decode_refuses_fields_mixing_text_and_binary_names():
     msg = msgpack.packb(["ack", {"seq": 1, b"smuggled": 1, "other": 2}], use_bin_type=True)
     with pytest.raises(ProtocolError):
@@ -227,34 +225,36 @@ def _wrong_values(hint: Any) -> list[Any]:
             float: ["1.5", True, None]}[hint]
 
 
-_WRONG_TYPED = [(cls, name, value) for cls in MESSAGES for name, hint in _hints(cls).items()
-                for value in _wrong_values(hint)]
+_TYPED_FIELDS = [(cls, name) for cls in MESSAGES for name, hint in _hints(cls).items()
+                 if _wrong_values(hint)]
 
 
-@pytest.mark.parametrize("cls,name,value", _WRONG_TYPED,
-                         ids=[f"{c.TAG}.{n}={v!r}"[:60] for c, n, v in _WRONG_TYPED])
-def test_decode_refuses_a_field_of_the_wrong_type(cls, name, value):
-    fields = _fields(sample_message(cls))
-    fields[name] = value
-    with pytest.raises(ProtocolError, match="wrong type"):
-        decode(_raw(cls.TAG, fields))
+@pytest.mark.parametrize("cls,name", _TYPED_FIELDS,
+                         ids=[f"{c.TAG}.{n}" for c, n in _TYPED_FIELDS])
+def test_decode_refuses_a_field_of_the_wrong_type(cls, name):
+    for value in _wrong_values(_hints(cls)[name]):
+        fields = _fields(sample_message(cls))
+        fields[name] = value
+        with pytest.raises(ProtocolError, match="wrong type"):
+            decode(_raw(cls.TAG, fields))
 
 
-def _hashed_of_size(total: int) -> bytes:
-    """A valid HASHED header of exactly `total` bytes (one bin32 digest padded to fit)."""
-    overhead = len(encode(jobs.Hashed(segments=[], digests=[b"x" * 70000]))) - 70000
-    data = encode(jobs.Hashed(segments=[], digests=[b"x" * (total - overhead)]))
+def _packet_of_size(total: int) -> bytes:
+    """A valid PACKET header of exactly `total` bytes (its body padded with one bin32)."""
+    template = sample_message(Packet)
+    overhead = len(encode(dataclasses.replace(template, body={"pad": b"x" * 70000}))) - 70000
+    data = encode(dataclasses.replace(template, body={"pad": b"x" * (total - overhead)}))
     assert len(data) == total
     return data
 
 
 def test_decode_accepts_a_header_of_exactly_the_size_limit():
-    assert isinstance(decode(_hashed_of_size(MAX_HEADER_BYTES)), jobs.Hashed)
+    assert isinstance(decode(_packet_of_size(MAX_HEADER_BYTES)), Packet)
 
 
 def test_decode_refuses_a_header_larger_than_the_limit():
     with pytest.raises(ProtocolError, match="larger than"):
-        decode(_hashed_of_size(MAX_HEADER_BYTES + 1))
+        decode(_packet_of_size(MAX_HEADER_BYTES + 1))
 
 
 def test_decode_refuses_a_map_with_thousands_of_keys():
@@ -265,9 +265,6 @@ def test_decode_refuses_a_map_with_thousands_of_keys():
         decode(_raw("ack", {f"k{i}": i for i in range(5000)}))
 
 
-@pytest.mark.xfail(strict=True, raises=ProtocolError,
-                   reason="framing.decode's max_map_len=64 applies to nested maps too, so "
-                          "COMPLETE (and VERDICT) for more than 64 devices cannot be decoded")
 def test_complete_for_a_hundred_devices_decodes():
     complete = Complete(digest="d" * 32, devices={f"dev{i}": "e" * 32 for i in range(100)},
                         rounds=1)
@@ -305,11 +302,11 @@ def message_like(draw):
     """[tag, fields] with a real tag and mostly real field names: gets past the msgpack layer."""
     tag = draw(st.sampled_from([cls.TAG for cls in MESSAGES]) | st.text(max_size=6))
     keys = st.sampled_from(_FIELD_NAMES) | st.text(max_size=6)
-    fields = draw(st.dictionaries(keys, _ANY, max_size=10))
+    fields = draw(st.dictionaries(keys, _LEAF | st.lists(_LEAF, max_size=3), max_size=10))
     return msgpack.packb([tag, fields], use_bin_type=True)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(message_like())
 def test_decode_of_arbitrary_message_shapes_raises_only_protocol_error(data):
     try:
@@ -362,9 +359,6 @@ def test_hello_refuses_an_image_over_the_receivers_limit():
         check_hello(good_hello(image_size=(1 << 20) + 1), max_image_size=1 << 20)
 
 
-@pytest.mark.xfail(strict=True, reason="check_hello does not check codec names: an unknown "
-                                       "codec fails later in every destination worker as a "
-                                       "UsageError (exit code 2, 'bad arguments')")
 @pytest.mark.parametrize("field", ["compress", "device_compress"])
 @pytest.mark.parametrize("codec", ["bogus", "zstd:99", "none:1"])
 def test_hello_with_a_codec_this_side_cannot_load_is_refused(field, codec):
@@ -372,9 +366,6 @@ def test_hello_with_a_codec_this_side_cannot_load_is_refused(field, codec):
         check_hello(good_hello(**{field: codec}))
 
 
-@pytest.mark.xfail(strict=True, reason="check_hello does not check handler names: an unknown "
-                                       "or empty list fails later in the destination workers "
-                                       "as an 'internal error' (ValueError)")
 @pytest.mark.parametrize("handlers", [["ram", "no-such-handler"], []], ids=repr)
 def test_hello_with_handlers_this_side_cannot_load_is_refused(handlers):
     with pytest.raises(ProtocolError):
@@ -388,13 +379,17 @@ CHANNELS = 3
 MAX_PAYLOAD = 64 << 10
 
 
-def rules() -> ChannelRules:
-    return ChannelRules(SESSION, CHANNEL, TransferSettings(channels=CHANNELS),
-                        ["ram", "device"], MAX_PAYLOAD)
+def rules(first_seq: int | None = 0) -> ChannelRules:
+    """Rules of channel 1 of 3, opened by an INIT at `first_seq` (None: not opened yet)."""
+    r = ChannelRules(SESSION, CHANNEL, TransferSettings(channels=CHANNELS), ["ram", "device"],
+                     MAX_PAYLOAD)
+    if first_seq is not None:
+        r.check_init(init_frames(first_seq=first_seq))
+    return r
 
 
 def init_frames(**changes: Any) -> list[bytes]:
-    fields = dict(magic=MAGIC, version=VERSION, session=SESSION, channel=CHANNEL)
+    fields = dict(magic=MAGIC, version=VERSION, session=SESSION, channel=CHANNEL, first_seq=0)
     fields.update(changes)
     return [encode(Init(**fields))]
 
@@ -413,26 +408,56 @@ def sync(round_: int = 0, **changes: Any) -> list[bytes]:
     return [encode(Sync(**fields))]
 
 
+def receive(r: ChannelRules, frames: list) -> bool:
+    """What the destination channel does: validate, then ask whether the packet is new."""
+    return r.accept(r.check_message(frames))
+
+
 def test_init_of_this_channel_is_accepted():
-    init = rules().check_init(init_frames())
-    assert (init.session, init.channel) == (SESSION, CHANNEL)
+    init = rules(None).check_init(init_frames())
+    assert (init.session, init.channel, init.first_seq) == (SESSION, CHANNEL, 0)
 
 
 @pytest.mark.parametrize("changes", [
     {"magic": "other"}, {"version": VERSION + 1}, {"session": OTHER_SESSION},
     {"channel": CHANNELS}, {"channel": CHANNELS + 10}, {"channel": 0}, {"channel": 2},
-    {"channel": -1},
+    {"channel": -1}, {"first_seq": -1},
 ], ids=repr)
 def test_init_with_a_wrong_field_is_refused(changes):
     with pytest.raises(ProtocolError):
-        rules().check_init(init_frames(**changes))
+        rules(None).check_init(init_frames(**changes))
 
 
 @pytest.mark.parametrize("frames", [[], init_frames() + [b"extra"], sync(), [b"\x00"]],
                          ids=["no-frame", "two-frames", "sync-instead", "garbage"])
 def test_init_that_is_not_one_init_frame_is_refused(frames):
     with pytest.raises(ProtocolError):
-        rules().check_init(frames)
+        rules(None).check_init(frames)
+
+
+def test_the_first_init_sets_the_first_sequence_number():
+    r = rules(first_seq=5)
+    assert receive(r, packet(5, [b"x"])) is True
+    with pytest.raises(ProtocolError):
+        receive(rules(first_seq=5), packet(6, [b"x"]))
+
+
+def test_a_reconnect_may_resume_at_or_before_the_next_packet_due():
+    r = rules()
+    for seq in range(3):
+        assert receive(r, packet(seq, [b"x"])) is True
+    r.check_init(init_frames(first_seq=1))      # re-sends packets 1 and 2
+    assert receive(r, packet(1, [b"x"])) is False
+    assert receive(r, packet(2, [b"x"])) is False
+    assert receive(r, packet(3, [b"x"])) is True
+    r.check_init(init_frames(first_seq=4))      # nothing to re-send
+
+
+def test_a_reconnect_that_would_skip_packets_is_refused():
+    r = rules()
+    receive(r, packet(0, [b"x"]))
+    with pytest.raises(ProtocolError, match="next one due"):
+        r.check_init(init_frames(first_seq=2))
 
 
 def test_valid_packets_are_accepted_in_sequence():
@@ -441,6 +466,7 @@ def test_valid_packets_are_accepted_in_sequence():
         payload = [b"a" * 100, b"", b"b" * 4096]
         msg = r.check_message(packet(seq, payload))
         assert isinstance(msg, Packet) and msg.seq == seq and msg.kind == "ram"
+        assert r.accept(msg) is True
     assert r.next_seq == 3
 
 
@@ -459,10 +485,10 @@ def test_payload_of_exactly_max_payload_is_accepted():
 
 def test_sync_is_accepted_and_takes_no_sequence_number():
     r = rules()
-    r.check_message(packet(0, [b"x"]))
+    receive(r, packet(0, [b"x"]))
     msg = r.check_message(sync(round_=4))
     assert isinstance(msg, Sync) and msg.round == 4
-    assert r.check_message(packet(1, [b"y"])).seq == 1
+    assert receive(r, packet(1, [b"y"])) is True
 
 
 @pytest.mark.parametrize("changes", [{"session": OTHER_SESSION}, {"channel": 0},
@@ -474,23 +500,24 @@ def test_packet_or_sync_from_another_session_or_channel_is_refused(changes):
         rules().check_message(sync(**changes))
 
 
-def test_a_duplicate_packet_is_refused():
+def test_a_duplicate_packet_is_not_applied_twice():
     r = rules()
-    r.check_message(packet(0, [b"x"]))
-    with pytest.raises(ProtocolError, match="arrived where 1 was due"):
-        r.check_message(packet(0, [b"x"]))
+    assert receive(r, packet(0, [b"x"])) is True
+    assert receive(r, packet(0, [b"x"])) is False
+    assert r.next_seq == 1
 
 
 def test_a_skipped_sequence_number_is_refused():
     r = rules()
-    r.check_message(packet(0, [b"x"]))
+    receive(r, packet(0, [b"x"]))
     with pytest.raises(ProtocolError, match="arrived where 1 was due"):
-        r.check_message(packet(2, [b"x"]))
+        receive(r, packet(2, [b"x"]))
+    assert r.next_seq == 1
 
 
-def test_a_first_packet_other_than_zero_is_refused():
+def test_a_first_packet_after_the_announced_one_is_refused():
     with pytest.raises(ProtocolError):
-        rules().check_message(packet(1, [b"x"]))
+        receive(rules(), packet(1, [b"x"]))
 
 
 def test_a_packet_of_an_unannounced_kind_is_refused():
@@ -498,11 +525,10 @@ def test_a_packet_of_an_unannounced_kind_is_refused():
         rules().check_message(packet(0, [b"x"], kind="video"))
 
 
-@pytest.mark.parametrize("sizes", [[], [1, 1], [1, 1, 1]], ids=repr)
+@pytest.mark.parametrize("sizes", [[], [1], [1, 1, 1]], ids=repr)
 def test_a_sizes_list_that_does_not_match_the_frame_count_is_refused(sizes):
-    frames = packet(0, [b"a", b"b"], sizes=sizes)
     with pytest.raises(ProtocolError, match="frames"):
-        rules().check_message(frames)
+        rules().check_message(packet(0, [b"a", b"b"], sizes=sizes))
 
 
 def test_a_frame_of_another_size_than_announced_is_refused():
@@ -594,6 +620,17 @@ def test_a_sync_of_another_round_is_refused(round_):
     assert barrier.idle
 
 
+def test_a_forgotten_channel_may_arrive_again_and_is_still_awaited():
+    barrier = SyncBarrier(2)
+    barrier.arrive(0, 0)
+    barrier.forget(0)  # channel 0's worker was replaced; its SYNC will be re-sent
+    assert barrier.idle
+    assert barrier.arrive(1, 0) is False
+    assert barrier.arrive(0, 0) is True
+    barrier.forget(1)  # forgetting a channel that has not arrived changes nothing
+    assert barrier.arrive(0, 1) is False and barrier.arrive(1, 1) is True
+
+
 def test_a_sync_of_an_already_released_round_is_refused():
     barrier = SyncBarrier(2)
     barrier.arrive(0, 0)
@@ -638,7 +675,7 @@ def test_list_packets_turns_sorted_pages_into_runs(pages, packet_pages, expected
 def test_list_packets_yields_plain_ints_that_msgpack_can_carry():
     packets = list(list_packets(np.array([1, 2, 3, 7], dtype=np.int64), 128))
     assert all(type(v) is int for runs in packets for run in runs for v in run)
-    job = jobs.Job(kind="ram", spec={"runs": packets[0]})
+    job = dataclasses.replace(sample_message(jobs.Job), kind="ram", spec={"runs": packets[0]})
     assert decode(encode(job), jobs.Job) == job
 
 
@@ -664,7 +701,7 @@ def test_chunk_spans_cut_a_blob_into_chunks_with_one_last(size, chunk, expected)
     assert list(chunk_spans(size, chunk)) == expected
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(0, 10 ** 6), st.integers(0, 3000), st.integers(1, 1024))
 def test_range_packets_union_is_exactly_the_range(start, count, packet_pages):
     packets = list(range_packets(start, count, packet_pages))
@@ -672,8 +709,8 @@ def test_range_packets_union_is_exactly_the_range(start, count, packet_pages):
     assert all(len(runs) == 1 and 1 <= runs[0][1] <= packet_pages for runs in packets)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sets(st.integers(0, 4000), max_size=600), st.integers(1, 300))
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(0, 4000), max_size=300), st.integers(1, 300))
 def test_list_packets_union_is_exactly_the_pages(page_set, packet_pages):
     pages = np.array(sorted(page_set), dtype=np.int64)
     packets = list(list_packets(pages, packet_pages))
@@ -687,8 +724,9 @@ def test_list_packets_union_is_exactly_the_pages(page_set, packet_pages):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 10 ** 7), st.integers(1, 1 << 20))
-def test_chunk_spans_tile_the_blob_exactly(size, chunk):
+@given(st.integers(1, 1 << 20), st.integers(0, 1000), st.integers(-1, 1))
+def test_chunk_spans_tile_the_blob_exactly(chunk, whole, extra):
+    size = max(0, whole * chunk + extra)
     spans = list(chunk_spans(size, chunk))
     assert [s[0] for s in spans] == list(range(len(spans)))
     assert sum(s[2] for s in spans) == size

@@ -1,9 +1,12 @@
 """The channel loops: one data socket, credits, sync and errors; no payload knowledge.
 
 A source channel turns jobs from its coordinator into packets (through the handler the job
-names) and turns the destination's acknowledgements into credits for the coordinator.
+names) and turns the destination's acknowledgements into credits for the coordinator. If its
+connection drops it stops with PeerLost, and its coordinator replaces it and re-sends what was
+not acknowledged.
 A destination channel validates everything that arrives on its socket, hands packet bodies to
-handlers, acknowledges them, and parks at each SYNC until its coordinator releases it.
+handlers, acknowledges them, and parks at each SYNC until its coordinator releases it. A
+packet re-sent after a reconnect that was already applied is acknowledged again and dropped.
 Both hash segments of their image on request, for the end-of-transfer digest.
 """
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -42,6 +45,14 @@ class ChannelLoop:
         self.image_path = image_path
         self.counters: dict[str, float] = {"packets": 0, "bytes": 0, "busy_s": 0.0}
         self.running = True
+        self.poller = zmq.Poller()
+        self.readers: dict[zmq.Socket, Callable[[], None]] = {}
+        self.watch(control, lambda: self.on_control(decode(control.recv())))
+        self.watch(data, lambda: self.on_data(data.recv_multipart(copy=False)))
+
+    def watch(self, socket: zmq.Socket, reader: Callable[[], None]) -> None:
+        self.poller.register(socket, zmq.POLLIN)
+        self.readers[socket] = reader
 
     def tell(self, msg: Any) -> None:
         self.control.send(encode(msg))
@@ -55,6 +66,16 @@ class ChannelLoop:
             return False
         return True
 
+    def run(self) -> None:
+        while self.running:
+            self.poller.modify(self.data, zmq.POLLIN if self.reading() else 0)
+            events = dict(self.poller.poll(WATCH_INTERVAL_MS))
+            if not events and not self.coordinator_alive():
+                raise PeerLost(f"channel {self.channel}: coordinator went away")
+            for socket, reader in list(self.readers.items()):
+                if socket in events and (socket is not self.data or self.reading()):
+                    reader()
+
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.HashJob):
             fd = os.open(self.image_path, os.O_RDONLY)
@@ -62,30 +83,15 @@ class ChannelLoop:
                 digests = [digest.hash_segment(self.image, fd, i) for i in msg.segments]
             finally:
                 os.close(fd)
-            self.tell(jobs.Hashed(segments=msg.segments, digests=digests))
+            counters = dict(self.counters)
+            for handler in self.handlers.values():
+                for key, value in handler.counters.items():
+                    counters[key] = counters.get(key, 0) + value
+            self.tell(jobs.Hashed(segments=msg.segments, digests=digests, counters=counters))
         elif isinstance(msg, jobs.Stop):
             self.running = False
         else:
             raise ProtocolError(f"worker got an unexpected {msg.TAG} from its coordinator")
-
-    def run(self) -> None:
-        data = self.data
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(data, zmq.POLLIN)
-        while self.running:
-            poller.modify(data, zmq.POLLIN if self.reading() else 0)
-            events = dict(poller.poll(WATCH_INTERVAL_MS))
-            if not events and not self.coordinator_alive():
-                raise PeerLost(f"channel {self.channel}: coordinator went away")
-            if self.control in events:
-                self.on_control(decode(self.control.recv()))
-            if data in events and self.reading():
-                self.on_data(data.recv_multipart(copy=False))
-        for handler in self.handlers.values():
-            for key, value in handler.counters.items():
-                self.counters[key] = self.counters.get(key, 0) + value
-        self.tell(jobs.Stats(counters=self.counters))
 
     def reading(self) -> bool:
         return True
@@ -98,14 +104,11 @@ class SourceChannel(ChannelLoop):
     def __init__(self, *args, session: bytes, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.session = session
-        self.seq = 0
-        self.acked = -1
+        self.last_sent = -1
 
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.Connect):
-            self.data.connect(msg.endpoint)
-            self.data.send(encode(Init(magic=MAGIC, version=VERSION, session=self.session,
-                                       channel=self.channel)))
+            self.connect(msg)
         elif isinstance(msg, jobs.Job):
             self.send_packet(msg)
         elif isinstance(msg, jobs.SyncJob):
@@ -114,14 +117,27 @@ class SourceChannel(ChannelLoop):
         else:
             super().on_control(msg)
 
+    def connect(self, msg: jobs.Connect) -> None:
+        # A dropped connection would silently lose queued packets (ZeroMQ reconnects by
+        # itself but does not re-send), so it ends this worker: the coordinator replaces it.
+        monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.watch(monitor, self.on_disconnect)
+        self.data.connect(msg.endpoint)
+        self.last_sent = msg.first_seq - 1
+        self.data.send(encode(Init(magic=MAGIC, version=VERSION, session=self.session,
+                                   channel=self.channel, first_seq=msg.first_seq)))
+
+    def on_disconnect(self) -> None:
+        raise PeerLost(f"channel {self.channel}: connection to the destination lost")
+
     def send_packet(self, job: jobs.Job) -> None:
         started = time.perf_counter()
         encoded = self.handlers[job.kind].encode(job.spec)
-        header = encode(Packet(session=self.session, channel=self.channel, seq=self.seq,
+        header = encode(Packet(session=self.session, channel=self.channel, seq=job.seq,
                                kind=job.kind, sizes=[len(f) for f in encoded.frames],
                                checksum=checksum(encoded.frames), body=encoded.body))
         self.data.send_multipart([header, *encoded.frames], copy=False)
-        self.seq += 1
+        self.last_sent = job.seq
         self.counters["packets"] += 1
         self.counters["bytes"] += len(header) + sum(len(f) for f in encoded.frames)
         self.counters["busy_s"] += time.perf_counter() - started
@@ -130,22 +146,22 @@ class SourceChannel(ChannelLoop):
         msg = decode(frames[0].bytes, Ack, Fault)
         if isinstance(msg, Fault):
             raise ProtocolError(f"destination refused channel {self.channel}: {msg.message}")
-        if not self.acked < msg.seq < self.seq:
+        if msg.seq > self.last_sent:
             raise ProtocolError(f"channel {self.channel}: acknowledgement of packet {msg.seq} "
                                 "that was never sent")
-        self.tell(jobs.Credit(packets=msg.seq - self.acked))
-        self.acked = msg.seq
+        self.tell(jobs.Credit(acked=msg.seq))
 
 
 class DestinationChannel(ChannelLoop):
-    def __init__(self, *args, session: bytes, settings: TransferSettings, **kwargs) -> None:
+    def __init__(self, *args, session: bytes, settings: TransferSettings, round_: int,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         max_payload = max(h.max_payload() for h in self.handlers.values())
         self.rules = ChannelRules(session, self.channel, settings, list(self.handlers),
                                   max_payload)
         self.peer: bytes | None = None
         self.parked = False
-        self.round = 0
+        self.round = round_
 
     def reading(self) -> bool:
         return not self.parked
@@ -162,7 +178,9 @@ class DestinationChannel(ChannelLoop):
 
     def on_data(self, frames: list[zmq.Frame]) -> None:
         identity, parts = frames[0].bytes, [f.buffer for f in frames[1:]]
-        if self.peer is None:
+        if identity != self.peer:
+            # Only a valid INIT opens the channel; a later one comes from a replacement of
+            # a failed source worker and takes the channel over.
             try:
                 self.rules.check_init(parts)
             except ProtocolError as exc:
@@ -170,29 +188,32 @@ class DestinationChannel(ChannelLoop):
                 return
             self.peer = identity
             return
-        if identity != self.peer:
-            self._refuse(identity, f"channel {self.channel} already has a sender")
-            return
         try:
             msg = self.rules.check_message(parts)
         except ProtocolError as exc:
             self._refuse(identity, str(exc))
             raise
         if isinstance(msg, Sync):
-            if msg.round != self.round:
-                raise ProtocolError(f"channel {self.channel}: SYNC of round {msg.round} "
-                                    f"during round {self.round}")
-            self.parked = True
-            self.tell(jobs.Reached(round=msg.round))
+            self.on_sync(msg)
             return
         started = time.perf_counter()
-        notice = self.handlers[msg.kind].apply(msg.body, parts[1:])
+        if self.rules.accept(msg):
+            notice = self.handlers[msg.kind].apply(msg.body, parts[1:])
+            if notice is not None:
+                self.tell(jobs.Notice(kind=msg.kind, data=notice))
         self.data.send_multipart([identity, encode(Ack(seq=msg.seq))])
-        if notice is not None:
-            self.tell(jobs.Notice(kind=msg.kind, data=notice))
         self.counters["packets"] += 1
         self.counters["bytes"] += sum(len(p) for p in parts)
         self.counters["busy_s"] += time.perf_counter() - started
+
+    def on_sync(self, msg: Sync) -> None:
+        if msg.round < self.round or (msg.round == self.round and self.parked):
+            return  # re-sent after a reconnect: this channel is past it already
+        if msg.round != self.round:
+            raise ProtocolError(f"channel {self.channel}: SYNC of round {msg.round} "
+                                f"during round {self.round}")
+        self.parked = True
+        self.tell(jobs.Reached(round=msg.round))
 
     def _refuse(self, identity: bytes, reason: str) -> None:
         print(f"multifd: channel {self.channel}: refused a message: {reason}", file=sys.stderr)

@@ -49,7 +49,8 @@ def run_worker(config: WorkerConfig) -> None:
                       coordinator_pid=config.coordinator_pid, handlers=handlers, image=image,
                       image_path=config.image_path)
         if destination:
-            loop = DestinationChannel(**common, session=config.session, settings=config.settings)
+            loop = DestinationChannel(**common, session=config.session, settings=config.settings,
+                                      round_=config.round)
             _bind_data(data, config, loop)
             endpoint = data.getsockopt_string(zmq.LAST_ENDPOINT)
             control.send(encode(jobs.Bound(endpoint=endpoint)))
@@ -79,4 +80,5 @@ def _bind_data(data: zmq.Socket, config: WorkerConfig, loop: DestinationChannel)
     data.setsockopt(zmq.ROUTER_MANDATORY, 1)
     data.setsockopt(zmq.MAXMSGSIZE, max_payload + MAX_HEADER_BYTES)
     data.rcvhwm = config.settings.window + 8
-    data.bind(f"tcp://{config.listen_host}:0")
+    data.ipv6 = config.listen_host.startswith("[")
+    data.bind(f"tcp://{config.listen_host}:{config.listen_port}")

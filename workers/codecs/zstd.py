@@ -26,9 +26,11 @@ class ZstdCodec(Codec):
             # is refused before anything is allocated for it.
             if zstandard.frame_content_size(data) != size:
                 raise CorruptPayload(f"zstd frame does not state the expected size {size}")
-            out = self._decompressor.decompress(data, max_output_size=size)
+            # libzstd refuses blocks that decode past the stated size, so this is bounded.
+            inflater = self._decompressor.decompressobj()
+            out = inflater.decompress(data)
         except zstandard.ZstdError as exc:
             raise CorruptPayload(f"zstd payload does not decode: {exc}") from None
-        if len(out) != size:
-            raise CorruptPayload(f"zstd payload decodes to {len(out)} bytes, expected {size}")
+        if len(out) != size or not inflater.eof or inflater.unused_data:
+            raise CorruptPayload(f"zstd payload is not one frame of exactly {size} bytes")
         return out

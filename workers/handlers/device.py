@@ -18,7 +18,7 @@ from workers.handlers.base import Encoded, HandlerContext, PayloadHandler
 
 MAX_DEVICE_BYTES = 64 << 30
 MAX_INSTANCE = 65535
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # use with fullmatch
 
 
 def device_key(name: str, instance: int) -> str:
@@ -76,7 +76,7 @@ class DeviceHandler(PayloadHandler):
     def _check_body(self, body: dict[str, Any]) -> tuple[str, int, int, bool, int]:
         name, instance, index = body.get("name"), body.get("instance"), body.get("index")
         last, raw, codec = body.get("last"), body.get("raw"), body.get("codec")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise ProtocolError(f"bad device name {str(name)[:40]!r}")
         if not _is_int(instance) or not 0 <= instance <= MAX_INSTANCE:
             raise ProtocolError(f"bad device instance {instance!r}")
