@@ -6,8 +6,9 @@ each, between processes or hosts), `TransferSettings`, `TransferResult`, and the
 from __future__ import annotations
 
 from engine.destination import Receiver
-from engine.errors import (CorruptPayload, EngineError, Interrupted, PeerLost, ProtocolError,
-                           TransferError, UsageError, VerificationFailed)
+from engine.errors import (AuthenticationFailed, CorruptPayload, EngineError, Interrupted,
+                           PeerLost, ProtocolError, TransferError, UsageError,
+                           VerificationFailed)
 from engine.local import migrate
 from engine.result import TransferResult
 from engine.settings import TransferSettings
@@ -15,6 +16,6 @@ from engine.source import Sender
 
 __version__ = "0.1.0"
 
-__all__ = ["CorruptPayload", "EngineError", "Interrupted", "PeerLost", "ProtocolError",
-           "Receiver", "Sender", "TransferError", "TransferResult", "TransferSettings",
-           "UsageError", "VerificationFailed", "migrate", "__version__"]
+__all__ = ["AuthenticationFailed", "CorruptPayload", "EngineError", "Interrupted", "PeerLost",
+           "ProtocolError", "Receiver", "Sender", "TransferError", "TransferResult",
+           "TransferSettings", "UsageError", "VerificationFailed", "migrate", "__version__"]
