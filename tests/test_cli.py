@@ -27,10 +27,11 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def start_receiver(dest: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """A `receive` process on a free loopback port; returns it and its endpoint."""
+def start_receiver(dest: Path, *extra: str,
+                   listen: str = "tcp://127.0.0.1:0") -> tuple[subprocess.Popen, str]:
+    """A `receive` process on a free port of `listen`; returns it and its endpoint."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine", "receive", str(dest), "--listen", "tcp://127.0.0.1:0",
+        [sys.executable, "-m", "engine", "receive", str(dest), "--listen", listen,
          "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stderr.readline()
     match = re.search(r"listening on (tcp://\S+)", line)
