@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         keys = receiver_keys(args)
         with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
                       keys=keys, data_ports=args.data_ports) as receiver:
-            note = f" (encrypted; {len(keys.allowed)} sender keys allowed)" if keys else ""
+            note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
             print(f"multifd: listening on {receiver.endpoint}{note}", file=sys.stderr,
                   flush=True)
             result = receiver.run()

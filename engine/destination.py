@@ -57,13 +57,15 @@ class Receiver:
         self.on_device = on_device
         endpoint = parse_endpoint(listen, allow_any_port=True)
         if not isinstance(data_ports, int) or not 0 <= data_ports <= 65535:
-            raise UsageError(f"data ports must start from 1 to 65535, not {data_ports!r}")
+            raise UsageError(f"the first data port must be from 1 to 65535 (0: any free "
+                             f"ports), not {data_ports!r}")
         self.keys = keys
         self.data_ports = data_ports
         self._zmq = zmq.Context()
-        self._authenticator = keys.start_authenticator(
-            self._zmq, "refused a sender whose key is not allowed (--allow); still waiting "
-            "for an allowed sender") if keys else None
+        self._authenticator = None
+        if keys is not None:  # before any socket binds
+            self._authenticator = keys.start_authenticator(
+                self._zmq, "refused a sender whose key is not allowed (--allow); still listening")
         self._socket = self._zmq.socket(zmq.ROUTER)
         self._socket.linger = 1000
         self._socket.ipv6 = endpoint.ipv6

@@ -23,6 +23,13 @@ def multifd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def assert_usage_error(run: subprocess.CompletedProcess, message: str) -> None:
+    """Exit code 2 and one line on stderr that says `message`."""
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
+
+
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
@@ -107,10 +114,7 @@ def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
 def test_bad_usage_is_one_line_and_exit_code_2(image, tmp_path, args, message):
     src = image(8192)
     names = {"src": src, "dst": tmp_path / "dst", "tmp": tmp_path, "missing": tmp_path / "nope"}
-    run = multifd(*[a.format(**names) for a in args])
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert_usage_error(multifd(*[a.format(**names) for a in args]), message)
     assert not (tmp_path / "dst").exists()
 
 
