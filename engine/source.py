@@ -28,9 +28,9 @@ from engine.errors import EngineError, ProtocolError, TransferError, UsageError,
 from engine.image import parse_location, source_size
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.processes import WorkerGroup
-from engine.security import ClientKeys
 from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
 from engine.result import TransferResult, per_channel, total
+from engine.security import ClientKeys
 from engine.settings import PAGE_SIZE, TransferSettings
 from workers.handlers.device import NAME_PATTERN, device_key
 

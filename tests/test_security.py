@@ -56,8 +56,29 @@ def receiver_args(keys: dict[str, Path]) -> list[str]:
     return ["--key", str(keys["server_secret"]), "--allow", str(keys["allow"])]
 
 
-def sender_args(keys: dict[str, Path], client: str = "client", server: str = "server"):
+def sender_args(keys: dict[str, Path], client: str = "client",
+                server: str = "server") -> list[str]:
     return ["--server-key", str(keys[server]), "--key", str(keys[f"{client}_secret"])]
+
+
+def free_port_run(count: int, hosts: tuple[str, ...]) -> int:
+    """A first port such that `count` consecutive ports are free on every host (below the
+    kernel's ephemeral range, so no outgoing connection takes one meanwhile)."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 32000)
+        probes = []
+        try:
+            for host in hosts:
+                for port in range(base, base + count):
+                    probes.append(socket.create_server((host, port)))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError("no run of free ports found")
 
 
 # -- key files --------------------------------------------------------------------------------
@@ -245,13 +266,13 @@ def test_data_ports_admit_only_allowed_keys(image, tmp_path):
             context = zmq.Context()
             try:
                 for port in (base, base + 1):
-                    for keys, error in ((stranger, "refused our key"),
-                                        (None, "requires encryption")):
+                    for probe_keys, error in ((stranger, "refused our key"),
+                                              (None, "requires encryption")):
                         probe = context.socket(zmq.DEALER)
-                        if keys:
-                            keys.configure(probe)
+                        if probe_keys:
+                            probe_keys.configure(probe)
                         with pytest.raises(AuthenticationFailed, match=error):
-                            connect_checked(probe, f"tcp://127.0.0.1:{port}", keys, 10)
+                            connect_checked(probe, f"tcp://127.0.0.1:{port}", probe_keys, 10)
                         probe.close(linger=0)
             finally:
                 context.destroy(linger=0)
@@ -260,6 +281,21 @@ def test_data_ports_admit_only_allowed_keys(image, tmp_path):
         thread.join(30)
     assert result.ok and outcome["r"].ok
     assert filecmp.cmp(tmp_path / "src", tmp_path / "dst", shallow=False)
+
+
+def test_a_pinned_data_port_in_use_stops_both_ends_with_its_name(image, tmp_path):
+    base = free_port_run(2, ("127.0.0.1",))
+    squatter = socket.create_server(("127.0.0.1", base + 1))
+    try:
+        receiver, endpoint = start_receiver(tmp_path / "dst", "--data-ports", str(base))
+        sent = multifd("send", str(image(MiB)), "--to", endpoint, "--channels", "2")
+        out, err = receiver.communicate(timeout=60)
+    finally:
+        squatter.close()
+    message = f"channel 1 cannot listen on tcp://127.0.0.1:{base + 1}"
+    assert receiver.returncode == 2 and message in err and "Traceback" not in err
+    assert sent.returncode == 1 and message in sent.stderr
+    assert not (tmp_path / "dst").exists()
 
 
 # -- what an eavesdropper sees ----------------------------------------------------------------
@@ -318,26 +354,6 @@ class RecordingProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-
-def free_port_run(count: int, hosts: tuple[str, ...]) -> int:
-    """A first port such that `count` consecutive ports are free on every host (below the
-    kernel's ephemeral range, so no outgoing connection takes one meanwhile)."""
-    rng = random.Random()
-    for _ in range(100):
-        base = rng.randrange(20000, 32000)
-        probes = []
-        try:
-            for host in hosts:
-                for port in range(base, base + count):
-                    probes.append(socket.create_server((host, port)))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError("no run of free ports found")
 
 
 @pytest.fixture
