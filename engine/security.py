@@ -26,7 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 from engine.errors import AuthenticationFailed, PeerLost, UsageError
 
 _Z85_KEY = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 
@@ -132,7 +132,7 @@ def write_key_pair(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
     The files are made in a private temporary folder beside their final place and moved in
     with their final permissions, so the secret is never readable by others, not even briefly.
     """
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(f"key name {name!r} must be letters, digits, '.', '_' or '-'")
     target = Path(folder)
     try:
