@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-from engine.errors import (CorruptPayload, EngineError, Interrupted, PeerLost, ProtocolError,
-                           TransferError, UsageError, VerificationFailed)
+from engine.errors import (AuthenticationFailed, CorruptPayload, EngineError, Interrupted,
+                           PeerLost, ProtocolError, TransferError, UsageError,
+                           VerificationFailed)
 from engine.settings import TransferSettings
 
 __version__ = "0.1.0"
@@ -19,9 +20,9 @@ __version__ = "0.1.0"
 _LAZY = {"Receiver": "engine.destination", "Sender": "engine.source",
          "migrate": "engine.local", "TransferResult": "engine.result"}
 
-__all__ = ["CorruptPayload", "EngineError", "Interrupted", "PeerLost", "ProtocolError",
-           "Receiver", "Sender", "TransferError", "TransferResult", "TransferSettings",
-           "UsageError", "VerificationFailed", "migrate", "__version__"]
+__all__ = ["AuthenticationFailed", "CorruptPayload", "EngineError", "Interrupted", "PeerLost",
+           "ProtocolError", "Receiver", "Sender", "TransferError", "TransferResult",
+           "TransferSettings", "UsageError", "VerificationFailed", "migrate", "__version__"]
 
 
 def __getattr__(name: str):

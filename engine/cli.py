@@ -1,4 +1,4 @@
-"""The command line: migrate, send, receive, demo. Exit codes are part of the contract:
+"""The command line: migrate, send, receive, keygen, demo. Exit codes are part of the contract:
 0 verified, 1 transfer or verification failed, 2 bad usage or unreadable input,
 130 interrupted (143 for SIGTERM)."""
 from __future__ import annotations
@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from engine import __version__
+from engine.endpoint import parse_endpoint
 from engine.errors import EngineError, Interrupted, UsageError
+from engine.security import (ClientKeys, ServerKeys, load_client_keys, load_server_keys,
+                             write_key_pair)
 from engine.settings import (DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_PACKET_PAGES,
                              DEFAULT_WINDOW, TransferSettings)
 
@@ -35,18 +39,39 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     _add_sender_options(migrate)
     _add_receiver_options(migrate)
+    migrate.add_argument("--curve", action="store_true",
+                         help="encrypt loopback too (CURVE, fresh keys for this transfer)")
 
     send = commands.add_parser("send", help="send SRC to a waiting receiver")
     send.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     send.add_argument("--to", required=True, metavar="tcp://HOST:PORT",
                       help="the receiver's --listen endpoint")
+    send.add_argument("--server-key", metavar="FILE",
+                      help="the receiver's public key (NAME.key); encrypts every channel")
+    send.add_argument("--key", metavar="FILE",
+                      help="our secret key (NAME.key_secret), whose public half the receiver "
+                      "allows")
     _add_sender_options(send)
 
     receive = commands.add_parser("receive", help="wait for one transfer into DEST")
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
+    receive.add_argument("--key", metavar="FILE",
+                         help="our secret key (NAME.key_secret); encrypts every channel")
+    receive.add_argument("--allow", metavar="DIR",
+                         help="folder of the public keys (*.key) of senders let in")
+    receive.add_argument("--insecure", action="store_true",
+                         help="allow listening on a non-loopback address without keys")
+    receive.add_argument("--data-ports", type=int, default=0, metavar="START",
+                         help="channel i listens on port START+i (default: any free ports)")
     _add_receiver_options(receive)
+
+    keygen = commands.add_parser("keygen", help="write a CURVE key pair: DIR/NAME.key "
+                                 "(public) and DIR/NAME.key_secret (owner-only)")
+    keygen.add_argument("dir", metavar="DIR", help="folder for the key files (created if needed)")
+    keygen.add_argument("--name", default=socket.gethostname(),
+                        help="file name without extension (default: this host's name)")
 
     demo = commands.add_parser("demo", help="build a sample (1 GiB image, two devices), "
                                "migrate it with zstd over 2 channels, verify, clean up")
@@ -106,6 +131,29 @@ def devices_from(specs: list[str]) -> dict[str, Path]:
     return devices
 
 
+def receiver_keys(args: argparse.Namespace) -> ServerKeys | None:
+    """The receiver's CURVE keys; without them, only a loopback address (or --insecure)."""
+    if (args.key is None) != (args.allow is None):
+        raise UsageError("--key and --allow go together: the receiver's secret key and the "
+                         "folder of the senders' public keys")
+    if args.key is not None:
+        if args.insecure:
+            raise UsageError("--insecure contradicts --key and --allow")
+        return load_server_keys(args.key, args.allow)
+    if not parse_endpoint(args.listen, allow_any_port=True).is_loopback and not args.insecure:
+        raise UsageError(f"refusing to listen on {args.listen} without keys: anyone who can "
+                         "reach it could read or overwrite the image; give --key and --allow "
+                         "(see 'multifd keygen --help'), or --insecure on a network you trust")
+    return None
+
+
+def sender_keys(args: argparse.Namespace) -> ClientKeys | None:
+    if (args.key is None) != (args.server_key is None):
+        raise UsageError("--server-key and --key go together: the receiver's public key and "
+                         "our secret key")
+    return load_client_keys(args.key, args.server_key) if args.key is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.destination import Receiver
     from engine.image import parse_location, source_size
@@ -117,21 +165,31 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from engine.demo import run_demo
         return run_demo(args.size, args.json)
+    if args.command == "keygen":
+        public, secret = write_key_pair(args.dir, args.name)
+        print(f"multifd: wrote {public} (public: give it to the other side) and {secret} "
+              "(secret: keep it on this host)", file=sys.stderr)
+        return 0
     if args.command == "receive":
-        with Receiver(args.dest, args.listen, device_dir=args.device_dir,
-                      force=args.force) as receiver:
-            print(f"multifd: listening on {receiver.endpoint}", file=sys.stderr, flush=True)
+        keys = receiver_keys(args)
+        with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
+                      keys=keys, data_ports=args.data_ports) as receiver:
+            note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
+            print(f"multifd: listening on {receiver.endpoint}{note}", file=sys.stderr,
+                  flush=True)
             result = receiver.run()
     else:
         settings = settings_from(args)
         devices = devices_from(args.device)
+        keys = sender_keys(args) if args.command == "send" else None
         size = source_size(parse_location(args.src))
         with progress_bar(size, "migrating" if args.command == "migrate" else "sending") as tick:
             if args.command == "migrate":
                 result = migrate(args.src, args.dest, settings, devices=devices,
-                                 device_dir=args.device_dir, force=args.force, progress=tick)
+                                 device_dir=args.device_dir, force=args.force, progress=tick,
+                                 curve=args.curve)
             else:
-                with Sender(args.src, args.to, settings, progress=tick) as sender:
+                with Sender(args.src, args.to, settings, progress=tick, keys=keys) as sender:
                     sender.send_range()
                     for name, path in devices.items():
                         sender.send_device(name, path)
@@ -167,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_versions()
             return 0
         if args.command is None:
-            raise UsageError("a command is needed: migrate, send, receive or demo "
+            raise UsageError("a command is needed: migrate, send, receive, keygen or demo "
                              "(see 'multifd --help')")
         return run(args)
     except Interrupted as exc:

@@ -12,9 +12,10 @@ from typing import Any
 import zmq
 
 from engine.endpoint import Endpoint, parse_endpoint
-from engine.errors import PeerLost, ProtocolError, TransferError
+from engine.errors import EngineError, PeerLost, ProtocolError, TransferError
 from engine.framing import decode, encode
 from engine.protocol import Fault, Heartbeat
+from engine.security import ClientKeys, connect_checked
 
 HEARTBEAT_S = 1.0
 PEER_TIMEOUT_S = 5.0
@@ -31,13 +32,21 @@ class ControlLink:
         self.last_heard = self.last_sent = time.monotonic()
 
     @classmethod
-    def dial(cls, context: zmq.Context, text: str) -> "ControlLink":
+    def dial(cls, context: zmq.Context, text: str, keys: ClientKeys | None,
+             timeout_s: float) -> "ControlLink":
+        """Connect, encrypted if `keys`, and wait until the receiver accepted the handshake."""
         endpoint = parse_endpoint(text)
         socket = context.socket(zmq.DEALER)
         socket.linger = 1000
         socket.ipv6 = endpoint.ipv6
         socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
-        socket.connect(str(endpoint))
+        if keys is not None:
+            keys.configure(socket)
+        try:
+            connect_checked(socket, str(endpoint), keys, timeout_s)
+        except EngineError:
+            socket.close(linger=0)
+            raise
         return cls(socket, endpoint, None)
 
     def dial_port(self, port: int) -> str:

@@ -30,6 +30,7 @@ from engine.image import check_destination, create_partial, parse_location
 from engine.processes import ChannelLost, WorkerGroup
 from engine.protocol import Complete, Fault, Hello, Synced, Verdict, Welcome, check_hello
 from engine.result import TransferResult, per_channel, total
+from engine.security import ServerKeys
 from engine.settings import MAX_CHANNEL_FAILURES, PAGE_SIZE
 
 
@@ -39,27 +40,42 @@ class Receiver:
     Device state goes to `device_dir` (one file per device), or chunk by chunk, in order, to
     `on_device(key, index, data, last)`. Use as a context manager; `run()` blocks until the
     transfer verified (returns the result) or failed (raises).
+    With `keys`, only senders holding an allowed key get in, and every channel is encrypted
+    (CURVE); a refused sender is reported on stderr and `run()` keeps waiting for another.
+    `data_ports` pins the data ports (channel i listens on data_ports + i) for firewalls.
     """
 
     def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
                  device_dir: str | os.PathLike | None = None,
                  on_device: Callable[[str, int, bytes, bool], None] | None = None,
-                 force: bool = False) -> None:
+                 force: bool = False, keys: ServerKeys | None = None,
+                 data_ports: int = 0) -> None:
         self.location = parse_location(destination)
         check_destination(self.location, force)
         self.force = force
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
         endpoint = parse_endpoint(listen, allow_any_port=True)
+        if not isinstance(data_ports, int) or not 0 <= data_ports <= 65535:
+            raise UsageError(f"the first data port must be from 1 to 65535 (0: any free "
+                             f"ports), not {data_ports!r}")
+        self.keys = keys
+        self.data_ports = data_ports
         self._zmq = zmq.Context()
+        self._authenticator = None
+        if keys is not None:  # before any socket binds
+            self._authenticator = keys.start_authenticator(
+                self._zmq, "refused a sender whose key is not allowed (--allow); still listening")
         self._socket = self._zmq.socket(zmq.ROUTER)
         self._socket.linger = 1000
         self._socket.ipv6 = endpoint.ipv6
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        if keys is not None:
+            keys.configure(self._socket)
         try:
             self._socket.bind(str(endpoint))
         except zmq.ZMQError as exc:
-            self._zmq.destroy(linger=0)
+            self._close_zmq()
             raise UsageError(f"cannot listen on {listen}: {exc}") from None
         bound_port = int(self._socket.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self.endpoint = endpoint.with_port(bound_port)
@@ -105,6 +121,11 @@ class Receiver:
             self._assembler.discard()
         if self._new_device_dir is not None and not any(self._new_device_dir.iterdir()):
             self._new_device_dir.rmdir()
+        self._close_zmq()
+
+    def _close_zmq(self) -> None:
+        if self._authenticator is not None:  # its thread owns sockets of our context
+            self._authenticator.stop()
         self._zmq.destroy(linger=0)
 
     # -- one transfer ---------------------------------------------------------------------
@@ -138,7 +159,8 @@ class Receiver:
             side="destination", channel=0, control="", coordinator_pid=os.getpid(),
             session=hello.session, settings=settings, image_path=str(partial), image_size=size,
             handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
-            written_path=str(written) if written else None, device_dir=str(staging))
+            written_path=str(written) if written else None, device_dir=str(staging),
+            keys=self.keys, data_ports=self.data_ports)
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
         ports = [int(bound.endpoint.rsplit(":", 1)[1])
                  for _, bound in sorted(workers.gather(jobs.Bound).items())]

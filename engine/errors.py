@@ -34,6 +34,10 @@ class PeerLost(TransferError):
     """The other side, or one of our own workers, went away."""
 
 
+class AuthenticationFailed(TransferError):
+    """The receiver refused our key, or is not the receiver whose key we were given."""
+
+
 class VerificationFailed(TransferError):
     """Everything arrived, but the destination's digest differs from the source's."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.framing import message
+from engine.security import ClientKeys, ServerKeys
 from engine.settings import TransferSettings
 
 
@@ -121,3 +122,5 @@ class WorkerConfig:
     fresh: bool = True
     written_path: str | None = None
     device_dir: str | None = None
+    keys: ServerKeys | ClientKeys | None = None  # CURVE; None: plain TCP
+    data_ports: int = 0  # destination: channel i binds data_ports + i; 0: any free port

@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 from engine.destination import Receiver
 from engine.errors import EngineError, TransferError
 from engine.result import TransferResult
+from engine.security import ephemeral_keys
 from engine.settings import TransferSettings
 from engine.source import HANDSHAKE_TIMEOUT_S, Sender
 
@@ -22,9 +23,15 @@ RECEIVER_JOIN_S = 10.0
 def migrate(source: str, destination: str, settings: TransferSettings = TransferSettings(),
             devices: Mapping[str, bytes | str | os.PathLike] | None = None,
             device_dir: str | os.PathLike | None = None, force: bool = False,
-            progress: Callable[[int], None] | None = None) -> TransferResult:
-    """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified."""
-    receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force)
+            progress: Callable[[int], None] | None = None,
+            curve: bool = False) -> TransferResult:
+    """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified.
+
+    Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
+    to measure its cost or to keep other local users from reading the image off the wire."""
+    server_keys, client_keys = ephemeral_keys() if curve else (None, None)
+    receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force,
+                        keys=server_keys)
     outcome: dict[str, object] = {}
 
     def serve() -> None:
@@ -35,7 +42,8 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
 
     thread = threading.Thread(target=serve, name="multifd-receiver", daemon=True)
     try:
-        sender = Sender(source, str(receiver.endpoint), settings, progress=progress)
+        sender = Sender(source, str(receiver.endpoint), settings, progress=progress,
+                        keys=client_keys)
         thread.start()
         with sender:
             sender.send_range()

@@ -30,6 +30,7 @@ from engine.inflight import InFlight
 from engine.processes import ChannelLost, WorkerGroup
 from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
 from engine.result import TransferResult, per_channel, total
+from engine.security import ClientKeys
 from engine.settings import MAX_CHANNEL_FAILURES, PAGE_SIZE, TransferSettings
 from workers.handlers.device import NAME_PATTERN, device_key
 
@@ -57,17 +58,20 @@ class Sender:
     """Sends one image (and device state) to a Receiver over `settings.channels` channels.
 
     Use as a context manager; `start()` connects, `finish()` verifies and returns the result.
+    With `keys`, the control and every data channel are encrypted and authenticated (CURVE).
     Thread safety: every send_* method and sync() may be called from any thread; sync() and
     finish() wait for the destination, so call each from one thread at a time.
     """
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 keys: ClientKeys | None = None) -> None:
         self.location = parse_location(source)
         self.image_size = source_size(self.location)
         self.endpoint = to
         self.settings = settings
         self.progress = progress
+        self.keys = keys
         self.pages = (self.image_size + PAGE_SIZE - 1) // PAGE_SIZE
         self.session = os.urandom(SESSION_BYTES)
         self._queue: queue.Queue = queue.Queue()
@@ -115,9 +119,10 @@ class Sender:
         template = WorkerConfig(
             side="source", channel=0, control="", coordinator_pid=os.getpid(),
             session=self.session, settings=self.settings, image_path=str(self.location.path),
-            image_size=self.image_size, handlers=("ram", "device"))
+            image_size=self.image_size, handlers=("ram", "device"), keys=self.keys)
         self._workers = WorkerGroup(self._zmq, template, self.settings.channels)
-        self._control = ControlLink.dial(self._zmq, self.endpoint)
+        self._control = ControlLink.dial(self._zmq, self.endpoint, self.keys,
+                                         HANDSHAKE_TIMEOUT_S)
         self._control.send(new_hello(self.session, self.image_size, self.settings,
                                      ["ram", "device"]))
         welcome = self._control.expect(Welcome, HANDSHAKE_TIMEOUT_S)

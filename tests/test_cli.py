@@ -23,14 +23,22 @@ def multifd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def assert_usage_error(run: subprocess.CompletedProcess, message: str) -> None:
+    """Exit code 2 and one line on stderr that says `message`."""
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
+
+
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def start_receiver(dest: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """A `receive` process on a free loopback port; returns it and its endpoint."""
+def start_receiver(dest: Path, *extra: str,
+                   listen: str = "tcp://127.0.0.1:0") -> tuple[subprocess.Popen, str]:
+    """A `receive` process on a free port of `listen`; returns it and its endpoint."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine", "receive", str(dest), "--listen", "tcp://127.0.0.1:0",
+        [sys.executable, "-m", "engine", "receive", str(dest), "--listen", listen,
          "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stderr.readline()
     match = re.search(r"listening on (tcp://\S+)", line)
@@ -106,10 +114,7 @@ def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
 def test_bad_usage_is_one_line_and_exit_code_2(image, tmp_path, args, message):
     src = image(8192)
     names = {"src": src, "dst": tmp_path / "dst", "tmp": tmp_path, "missing": tmp_path / "nope"}
-    run = multifd(*[a.format(**names) for a in args])
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert_usage_error(multifd(*[a.format(**names) for a in args]), message)
     assert not (tmp_path / "dst").exists()
 
 

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# script: (small arguments, a word its output must contain)
 SMALL_ARGS = {
-    "migrate_image.py": ["--size", "8M", "--channels", "2", "--compress", "zstd:1"],
-    "rounds.py": ["--size", "4M", "--rounds", "2"],
+    "migrate_image.py": (["--size", "8M", "--channels", "2", "--compress", "zstd:1"],
+                         "verified"),
+    "rounds.py": (["--size", "4M", "--rounds", "2"], "verified: True"),
+    "curve_cost.py": (["--size", "8M", "--runs", "1", "--codecs", "none"], "CURVE/plain"),
 }
 
 
@@ -23,8 +26,9 @@ def test_every_example_has_small_arguments():
 
 @pytest.mark.parametrize("script", sorted(SMALL_ARGS))
 def test_example_runs(script):
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / script), *SMALL_ARGS[script]],
+    args, expected = SMALL_ARGS[script]
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
                          capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr
-    assert "verified" in run.stdout
+    assert expected in run.stdout

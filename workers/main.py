@@ -16,7 +16,7 @@ import zmq
 
 from engine import jobs
 from engine.jobs import WorkerConfig
-from engine.errors import EngineError
+from engine.errors import EngineError, UsageError
 from engine.framing import MAX_HEADER_BYTES, encode
 from engine.image import map_file
 from workers.channel import DestinationChannel, SourceChannel
@@ -31,6 +31,7 @@ def run_worker(config: WorkerConfig) -> None:
     control.linger = 2000
     control.connect(config.control)
     handlers = {}
+    authenticator = None
     try:
         destination = config.side == "destination"
         image = map_file(config.image_path, writable=destination) if config.image_size else None
@@ -45,6 +46,12 @@ def run_worker(config: WorkerConfig) -> None:
         handlers = {kind: HANDLERS.load(kind)(handler_context) for kind in config.handlers}
         data = context.socket(zmq.ROUTER if destination else zmq.DEALER)
         data.linger = 0
+        if config.keys is not None:
+            if destination:  # ZAP is per context: this process admits senders itself
+                authenticator = config.keys.start_authenticator(
+                    context, f"channel {config.channel}: refused a connection whose key is "
+                    "not allowed (--allow)")
+            config.keys.configure(data)
         common = dict(channel=config.channel, control=control, data=data,
                       coordinator_pid=config.coordinator_pid, handlers=handlers, image=image,
                       image_path=config.image_path)
@@ -72,6 +79,8 @@ def run_worker(config: WorkerConfig) -> None:
     finally:
         for handler in handlers.values():
             handler.close()
+        if authenticator is not None:
+            authenticator.stop()
         context.destroy()  # each socket keeps its own linger
 
 
@@ -81,4 +90,11 @@ def _bind_data(data: zmq.Socket, config: WorkerConfig, loop: DestinationChannel)
     data.setsockopt(zmq.MAXMSGSIZE, max_payload + MAX_HEADER_BYTES)
     data.rcvhwm = config.settings.window + 8
     data.ipv6 = config.listen_host.startswith("[")
-    data.bind(f"tcp://{config.listen_host}:{config.listen_port}")
+    # A replacement worker binds its predecessor's port; --data-ports pins them all.
+    port = config.listen_port or (config.data_ports + config.channel if config.data_ports else 0)
+    endpoint = f"tcp://{config.listen_host}:{port}"
+    try:
+        data.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise UsageError(f"channel {config.channel} cannot listen on {endpoint}: {exc}") \
+            from None
