@@ -1,6 +1,6 @@
 """The control connection between the coordinators, with heartbeats.
 
-Each side sends a HEARTBEAT every second when it has nothing else to say, and declares the
+Each side sends a HEARTBEAT twice a second when it has nothing else to say, and declares the
 peer lost when it has heard nothing for PEER_TIMEOUT_S: a killed coordinator on the other
 side is noticed within seconds instead of hanging the transfer.
 """
@@ -17,8 +17,8 @@ from engine.framing import decode, encode
 from engine.protocol import Fault, Heartbeat
 from engine.security import ClientKeys, connect_checked
 
-HEARTBEAT_S = 1.0
-PEER_TIMEOUT_S = 5.0
+HEARTBEAT_S = 0.5
+PEER_TIMEOUT_S = 3.0
 MAX_CONTROL_BYTES = 1 << 20
 
 
@@ -30,16 +30,20 @@ class ControlLink:
         self.endpoint = endpoint
         self.identity = identity
         self.last_heard = self.last_sent = time.monotonic()
+        self.released = 0  # what our heartbeats report (the receiver's released rounds)
 
     @classmethod
     def dial(cls, context: zmq.Context, text: str, keys: ClientKeys | None,
-             timeout_s: float) -> "ControlLink":
+             timeout_s: float, routing_id: bytes) -> "ControlLink":
         """Connect, encrypted if `keys`, and wait until the receiver accepted the handshake."""
         endpoint = parse_endpoint(text)
         socket = context.socket(zmq.DEALER)
         socket.linger = 1000
         socket.ipv6 = endpoint.ipv6
         socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        # A fixed identity lets the receiver recognise us again if the connection breaks and
+        # ZeroMQ reconnects (the receiver's ROUTER hands the identity over to the new one).
+        socket.routing_id = routing_id
         if keys is not None:
             keys.configure(socket)
         try:
@@ -62,7 +66,7 @@ class ControlLink:
         self.last_sent = time.monotonic()
 
     def receive(self) -> Any:
-        """The next message from the peer, or None for a heartbeat or a stray's message."""
+        """The next message from the peer (heartbeats included), or None for a stray's."""
         frames = self.socket.recv_multipart()
         if self.identity is not None:
             if frames[0] != self.identity:
@@ -72,8 +76,7 @@ class ControlLink:
         self.last_heard = time.monotonic()
         if len(frames) != 1:
             raise ProtocolError("control message must be a single frame")
-        msg = decode(frames[0])
-        return None if isinstance(msg, Heartbeat) else msg
+        return decode(frames[0])
 
     def expect(self, kind: type, timeout_s: float) -> Any:
         """Wait for one message of `kind` (a FAULT from the peer raises)."""
@@ -87,7 +90,7 @@ class ControlLink:
                 raise TransferError(f"receiver refused the transfer: {msg.message}")
             if isinstance(msg, kind):
                 return msg
-            if msg is not None:
+            if msg is not None and not isinstance(msg, Heartbeat):
                 raise ProtocolError(f"expected {kind.TAG}, got {msg.TAG}")
 
     def keep_alive(self) -> None:
@@ -97,7 +100,7 @@ class ControlLink:
             raise PeerLost(f"the peer at {self.endpoint} has been silent for "
                            f"{PEER_TIMEOUT_S:.0f} s")
         if now - self.last_sent >= HEARTBEAT_S:
-            self.send(Heartbeat())
+            self.send(Heartbeat(released=self.released))
 
     @staticmethod
     def poll_interval_ms() -> int:

@@ -27,11 +27,12 @@ from engine.errors import EngineError, PeerLost, ProtocolError, TransferError, U
     VerificationFailed
 from engine.framing import decode
 from engine.image import check_destination, create_partial, parse_location
-from engine.processes import ChannelLost, WorkerGroup
-from engine.protocol import Complete, Fault, Hello, Synced, Verdict, Welcome, check_hello
+from engine.processes import ChannelLost, Recovery, WorkerGroup
+from engine.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict, Welcome,
+                             check_hello)
 from engine.result import TransferResult, per_channel, total
 from engine.security import ServerKeys
-from engine.settings import MAX_CHANNEL_FAILURES, PAGE_SIZE
+from engine.settings import PAGE_SIZE
 
 
 class Receiver:
@@ -70,6 +71,8 @@ class Receiver:
         self._socket.linger = 1000
         self._socket.ipv6 = endpoint.ipv6
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)
+        # The sender reconnects under the same identity if its connection breaks.
+        self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if keys is not None:
             keys.configure(self._socket)
         try:
@@ -223,7 +226,7 @@ class _Transfer:
         self.size = size
         self.ports = ports
         self.barrier = SyncBarrier(len(ports))
-        self.failures = [0] * len(ports)
+        self.recovery = Recovery(len(ports), "destination")
         self.complete: Complete | None = None
         self.hash_plan: dict[int, list[int]] = {}
         self.hashes: dict[int, bytes] = {}
@@ -238,7 +241,7 @@ class _Transfer:
             try:
                 self.on_events(events)
             except ChannelLost as lost:
-                self.recover(lost)
+                self.recovery.handle(lost, self.restart)
         return self.complete, self.verify()
 
     def watch(self) -> zmq.Poller:
@@ -263,6 +266,7 @@ class _Transfer:
         if isinstance(msg, jobs.Reached):
             if self.barrier.arrive(channel, msg.round):
                 self.workers.broadcast(jobs.Release(round=msg.round))
+                self.link.released = self.barrier.round
                 self.link.send(Synced(round=msg.round))
         elif isinstance(msg, jobs.Notice) and msg.kind == "device":
             self.assembler.add(**msg.data)
@@ -273,6 +277,8 @@ class _Transfer:
             raise ProtocolError(f"unexpected {msg.TAG} from destination worker {channel}")
 
     def on_control(self, msg: Any) -> None:
+        if msg is None or isinstance(msg, Heartbeat) or msg == self.complete:
+            return  # a stray's message, a heartbeat, or COMPLETE repeated
         if isinstance(msg, Complete) and self.complete is None:
             if not self.barrier.idle:
                 raise ProtocolError("COMPLETE arrived in the middle of a round")
@@ -282,17 +288,12 @@ class _Transfer:
                 self.workers.send(channel, jobs.HashJob(segments=segments))
         elif isinstance(msg, Fault):
             raise TransferError(f"sender failed: {msg.message}")
-        elif msg is not None:
+        else:
             raise ProtocolError(f"unexpected {msg.TAG} from the sender")
 
-    def recover(self, lost: ChannelLost) -> None:
-        """Replace a dead destination worker on the same port, in the current round; the
-        source notices its connection drop and re-sends what was not acknowledged."""
-        channel = lost.channel
-        self.failures[channel] += 1
-        if self.failures[channel] >= MAX_CHANNEL_FAILURES:
-            raise TransferError(f"channel {channel} failed {self.failures[channel]} times, "
-                                f"giving up; last cause: {lost}")
+    def restart(self, channel: int) -> None:
+        """A new destination worker on the same port, in the current round; the source sees
+        its connection drop and re-sends what was not acknowledged."""
         self.barrier.forget(channel)
         self.workers.replace(channel, listen_port=self.ports[channel], round=self.barrier.round)
         self.poller = None

@@ -18,9 +18,11 @@ from typing import Any, Callable, Iterable
 import zmq
 
 import workers.main as worker_main  # module import: workers.main imports engine too
-from engine.errors import PeerLost, error_named
+from engine.errors import PeerLost, TransferError, error_named
 from engine.framing import decode, encode
 from engine.jobs import Failure, Stop, WorkerConfig
+from engine.log import warn
+from engine.settings import MAX_CHANNEL_FAILURES
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 2.0
@@ -33,8 +35,37 @@ class ChannelLost(PeerLost):
     """A worker died or lost its connection: its channel may be recovered by a replacement."""
 
     def __init__(self, channel: int, cause: str) -> None:
-        super().__init__(cause)
+        prefix = f"channel {channel}: "
+        super().__init__(cause if cause.startswith(prefix) else prefix + cause)
         self.channel = channel
+
+
+class Recovery:
+    """Counts each channel's failures and runs its restart until one holds.
+
+    A restart can itself be cut short by another failure (the replacement killed too); that
+    counts as a failure of its own. The MAX_CHANNEL_FAILURES-th failure of one channel ends
+    the transfer with a message naming the channel and the last cause.
+    """
+
+    def __init__(self, channels: int, side: str) -> None:
+        self.failures = [0] * channels
+        self.side = side
+
+    def handle(self, lost: ChannelLost, restart: Callable[[int], None]) -> None:
+        while True:
+            channel = lost.channel
+            self.failures[channel] += 1
+            if self.failures[channel] >= MAX_CHANNEL_FAILURES:
+                raise TransferError(f"channel {channel} failed {self.failures[channel]} times, "
+                                    f"giving up; last cause: {lost}")
+            warn(f"{lost}; starting a new {self.side} worker "
+                 f"(failure {self.failures[channel]} of {MAX_CHANNEL_FAILURES - 1} allowed)")
+            try:
+                restart(channel)
+                return
+            except ChannelLost as again:
+                lost = again
 
 
 class WorkerGroup:
@@ -74,7 +105,12 @@ class WorkerGroup:
         self._start(channel, replace(self.template, **changes))
 
     def send(self, channel: int, msg: Any) -> None:
-        self.sockets[channel].send(encode(msg))
+        """Never blocks: a worker that cannot take a message has died (its PAIR has no peer)."""
+        try:
+            self.sockets[channel].send(encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            raise ChannelLost(channel, f"{self.processes[channel].name} stopped taking work") \
+                from None
 
     def broadcast(self, msg: Any) -> None:
         for channel in range(len(self.sockets)):
@@ -131,10 +167,10 @@ class WorkerGroup:
         and remove the IPC folder. Bounded by STOP_TIMEOUT_S."""
         for channel, process in enumerate(self.processes):
             if process is not None and process.exitcode is None:
-                try:  # never block: a worker that is already gone has no peer socket
-                    self.sockets[channel].send(encode(Stop()), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+                try:
+                    self.send(channel, Stop())
+                except ChannelLost:
+                    pass  # gone already
         deadline = time.monotonic() + STOP_TIMEOUT_S / 4
         for process in self.processes:
             if process is not None:

@@ -90,7 +90,10 @@ class Fault:
 
 @message("heartbeat")
 class Heartbeat:
-    pass
+    """Sent every second. From the receiver it also says how many rounds it has released, so
+    a SYNCED lost in a broken control connection is made good by the next heartbeat."""
+
+    released: int = 0
 
 
 # -- data: source worker <-> destination worker -------------------------------------------

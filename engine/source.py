@@ -21,17 +21,18 @@ import zmq
 
 from engine import digest, jobs
 from engine.jobs import WorkerConfig
-from engine.control import ControlLink
+from engine.control import HEARTBEAT_S, ControlLink
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
     VerificationFailed
 from engine.image import parse_location, source_size
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.inflight import InFlight
-from engine.processes import ChannelLost, WorkerGroup
-from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
+from engine.processes import ChannelLost, Recovery, WorkerGroup
+from engine.protocol import (SESSION_BYTES, Complete, Fault, Heartbeat, Synced, Verdict, Welcome,
+                             new_hello)
 from engine.result import TransferResult, per_channel, total
 from engine.security import ClientKeys
-from engine.settings import MAX_CHANNEL_FAILURES, PAGE_SIZE, TransferSettings
+from engine.settings import PAGE_SIZE, TransferSettings
 from workers.handlers.device import NAME_PATTERN, device_key
 
 HANDSHAKE_TIMEOUT_S = 30.0
@@ -89,6 +90,7 @@ class Sender:
         self._control: ControlLink | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._started = 0.0
+        self._closed = False
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Sender:
                     self._control.send(Fault(message=f"sender failed to start: {exc}"))
                 except EngineError:
                     pass
+            self.close()  # __exit__ does not run when __enter__ raises
             raise
         self._dispatcher = _Dispatcher(self)
         self._thread = threading.Thread(target=self._run, name="multifd-dispatch", daemon=True)
@@ -122,7 +125,7 @@ class Sender:
             image_size=self.image_size, handlers=("ram", "device"), keys=self.keys)
         self._workers = WorkerGroup(self._zmq, template, self.settings.channels)
         self._control = ControlLink.dial(self._zmq, self.endpoint, self.keys,
-                                         HANDSHAKE_TIMEOUT_S)
+                                         HANDSHAKE_TIMEOUT_S, routing_id=self.session)
         self._control.send(new_hello(self.session, self.image_size, self.settings,
                                      ["ram", "device"]))
         welcome = self._control.expect(Welcome, HANDSHAKE_TIMEOUT_S)
@@ -137,9 +140,13 @@ class Sender:
                                                      first_seq=0))
 
     def close(self) -> None:
-        """Stop everything; safe to call at any point, also after an error."""
+        """Stop everything; safe to call at any point, also after an error, and twice."""
+        if self._closed:
+            return
+        self._closed = True
         if self._thread is not None and self._thread.is_alive():
-            self._error = self._error or TransferError("transfer abandoned")
+            self._error = self._error or TransferError("the sender stopped before the "
+                                                       "transfer completed")
             os.write(self._wake_w, b"x")
             self._thread.join()
         if self._workers is not None:
@@ -291,7 +298,7 @@ class _Dispatcher:
         self.s = sender
         channels = sender.settings.channels
         self.in_flight = [InFlight() for _ in range(channels)]
-        self.failures = [0] * channels
+        self.recovery = Recovery(channels, "source")
         self.current: Iterator[tuple] | None = None
         self.round = 0
         self.waiting_sync: dict[int, _SyncMarker] = {}
@@ -301,6 +308,8 @@ class _Dispatcher:
         self.counters: list[dict[str, float]] = [{} for _ in range(channels)]
         self.image_digest = ""
         self.verdict: Verdict | None = None
+        self.complete: Complete | None = None
+        self.complete_sent = 0.0
         self.poller: zmq.Poller | None = None
 
     def markers(self) -> list[_Marker]:
@@ -310,14 +319,15 @@ class _Dispatcher:
     def run(self) -> None:
         s = self.s
         while s._error is None:
-            self.dispatch()
             events = dict(self.watch().poll(s._control.poll_interval_ms()))
             if s._wake_r in events:
                 os.read(s._wake_r, 65536)
             try:
                 self.on_events(events)
+                self.dispatch()
             except ChannelLost as lost:
                 self.recover(lost)
+            self.resend_complete()
             if self.verdict is not None:
                 s._workers.close()
                 self.finishing.result = (self.verdict, self.counters, self.image_digest)
@@ -346,14 +356,12 @@ class _Dispatcher:
         workers.check_alive()
 
     def recover(self, lost: ChannelLost) -> None:
-        """Replace a failed channel's worker and re-send what was not acknowledged."""
         if self.finishing is not None and all(self.counters):
             return  # COMPLETE is out: the channels have done their part, only the verdict is due
-        channel = lost.channel
-        self.failures[channel] += 1
-        if self.failures[channel] >= MAX_CHANNEL_FAILURES:
-            raise TransferError(f"channel {channel} failed {self.failures[channel]} times, "
-                                f"giving up; last cause: {lost}")
+        self.recovery.handle(lost, self.restart)
+
+    def restart(self, channel: int) -> None:
+        """A new worker for `channel`, given everything not acknowledged, in order."""
         workers = self.s._workers
         workers.replace(channel)
         self.poller = None
@@ -408,17 +416,17 @@ class _Dispatcher:
             raise ProtocolError(f"unexpected {msg.TAG} from source worker {channel}")
 
     def on_control(self, msg: Any) -> None:
-        if msg is None:  # a heartbeat
+        if msg is None:  # a stray peer's message, already refused
             return
-        if isinstance(msg, Synced):
-            marker = self.waiting_sync.pop(msg.round, None)
-            if marker is None:
+        if isinstance(msg, Heartbeat):  # covers a SYNCED lost in a broken connection
+            for round_ in sorted(r for r in self.waiting_sync if r < msg.released):
+                self.synced(round_)
+        elif isinstance(msg, Synced):
+            if msg.round not in self.waiting_sync:
+                if msg.round < self.s._rounds:
+                    return  # already confirmed by a heartbeat
                 raise ProtocolError(f"receiver confirmed round {msg.round} that was not synced")
-            for flight in self.in_flight:
-                flight.synced(msg.round)
-            self.s._rounds = msg.round + 1
-            marker.result = msg.round
-            marker.done.set()
+            self.synced(msg.round)
         elif isinstance(msg, Verdict):
             if not msg.ok:
                 raise VerificationFailed(f"destination did not verify: {msg.message}")
@@ -427,6 +435,14 @@ class _Dispatcher:
             raise TransferError(f"receiver failed: {msg.message}")
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from the receiver")
+
+    def synced(self, round_: int) -> None:
+        marker = self.waiting_sync.pop(round_)
+        for flight in self.in_flight:
+            flight.synced(round_)
+        self.s._rounds = round_ + 1
+        marker.result = round_
+        marker.done.set()
 
     def start_finish(self, marker: _FinishMarker) -> None:
         self.finishing = marker
@@ -437,5 +453,14 @@ class _Dispatcher:
     def send_complete(self) -> None:
         self.image_digest = digest.combine(
             self.s.image_size, (self.hashes[i] for i in sorted(self.hashes)))
-        self.s._control.send(Complete(digest=self.image_digest, devices=self.finishing.devices,
-                                      rounds=self.s._rounds))
+        self.complete = Complete(digest=self.image_digest, devices=self.finishing.devices,
+                                 rounds=self.s._rounds)
+        self.resend_complete()
+
+    def resend_complete(self) -> None:
+        """(Re-)send COMPLETE: until the verdict comes, once a heartbeat interval, in case
+        the control connection broke and lost it (the receiver ignores a repeat)."""
+        if self.complete is not None and self.verdict is None:
+            if time.monotonic() - self.complete_sent >= HEARTBEAT_S:
+                self.s._control.send(self.complete)
+                self.complete_sent = time.monotonic()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -39,3 +40,14 @@ def no_leftover_workers():
         time.sleep(0.05)
     left = _workers()
     assert not left, f"worker processes left behind: {[p.pid for p in left]}"
+
+
+@pytest.fixture
+def second_loopback_address():
+    """The receiver listens on 127.0.0.2 and the proxy on 127.0.0.1 with the same data port
+    numbers: the sender dials the data ports on the host it dialled for control."""
+    try:
+        socket.create_server(("127.0.0.2", 0)).close()
+    except OSError:
+        pytest.skip("127.0.0.2 is not a loopback address here")
+    return "127.0.0.2"

@@ -6,7 +6,6 @@ The end-to-end tests run `receive` and `send` as separate processes with key fil
 from __future__ import annotations
 
 import filecmp
-import random
 import socket
 import stat
 import threading
@@ -20,6 +19,7 @@ from engine.jobs import WorkerConfig
 from engine.samples import write_sample
 from engine.security import (ClientKeys, connect_checked, ephemeral_keys, load_client_keys,
                              load_server_keys, write_key_pair)
+from tcp_proxy import TcpProxy, free_port_run
 from test_cli import assert_usage_error, last_json, multifd, start_receiver
 
 MiB = 1 << 20
@@ -59,26 +59,6 @@ def receiver_args(keys: dict[str, Path]) -> list[str]:
 def sender_args(keys: dict[str, Path], client: str = "client",
                 server: str = "server") -> list[str]:
     return ["--server-key", str(keys[server]), "--key", str(keys[f"{client}_secret"])]
-
-
-def free_port_run(count: int, hosts: tuple[str, ...]) -> int:
-    """A first port such that `count` consecutive ports are free on every host (below the
-    kernel's ephemeral range, so no outgoing connection takes one meanwhile)."""
-    rng = random.Random()
-    for _ in range(100):
-        base = rng.randrange(20000, 32000)
-        probes = []
-        try:
-            for host in hosts:
-                for port in range(base, base + count):
-                    probes.append(socket.create_server((host, port)))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError("no run of free ports found")
 
 
 # -- key files --------------------------------------------------------------------------------
@@ -300,73 +280,6 @@ def test_a_pinned_data_port_in_use_stops_both_ends_with_its_name(image, tmp_path
 
 # -- what an eavesdropper sees ----------------------------------------------------------------
 
-class RecordingProxy:
-    """Forwards TCP connections from 127.0.0.1:PORT to (upstream host, port), one listener per
-    port, and records every byte it forwards in both directions, per listening port."""
-
-    def __init__(self) -> None:
-        self.recorded: dict[int, bytearray] = {}
-        self._lock = threading.Lock()
-        self._listeners: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-
-    def forward(self, port: int, upstream: tuple[str, int]) -> int:
-        listener = socket.create_server(("127.0.0.1", port))
-        port = listener.getsockname()[1]
-        self.recorded[port] = bytearray()
-        self._listeners.append(listener)
-        self._spawn(self._accept, listener, upstream, port)
-        return port
-
-    def close(self) -> None:
-        for listener in self._listeners:
-            listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self, listener: socket.socket, upstream: tuple[str, int], port: int) -> None:
-        while True:
-            try:
-                downstream, _ = listener.accept()
-            except OSError:  # closed
-                return
-            up = socket.create_connection(upstream)
-            self._spawn(self._pump, downstream, up, port)
-            self._spawn(self._pump, up, downstream, port)
-
-    def _pump(self, source: socket.socket, sink: socket.socket, port: int) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                with self._lock:
-                    self.recorded[port] += data
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-@pytest.fixture
-def second_loopback_address():
-    """The receiver listens on 127.0.0.2 and the proxy on 127.0.0.1 with the same data port
-    numbers: the sender dials the data ports on the host it dialled for control."""
-    try:
-        socket.create_server(("127.0.0.2", 0)).close()
-    except OSError:
-        pytest.skip("127.0.0.2 is not a loopback address here")
-    return "127.0.0.2"
-
-
 @pytest.mark.parametrize("curve", [True, False], ids=["curve", "plain"])
 def test_an_eavesdropper_between_the_hosts_sees_no_plaintext(keys, tmp_path, curve,
                                                               second_loopback_address):
@@ -381,7 +294,7 @@ def test_an_eavesdropper_between_the_hosts_sees_no_plaintext(keys, tmp_path, cur
     receiver, endpoint = start_receiver(
         tmp_path / "dst", "--data-ports", str(base), *(receiver_args(keys) if curve else []),
         listen=f"tcp://{second_loopback_address}:0")
-    proxy = RecordingProxy()
+    proxy = TcpProxy()
     try:
         control = proxy.forward(0, (second_loopback_address, int(endpoint.rsplit(":", 1)[1])))
         for port in range(base, base + channels):

@@ -12,7 +12,6 @@ Both hash segments of their image on request, for the end-of-transfer digest.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ import zmq
 from engine import digest, jobs
 from engine.errors import PeerLost, ProtocolError
 from engine.framing import decode, encode
+from engine.log import warn
 from engine.protocol import MAGIC, VERSION, Ack, ChannelRules, Fault, Init, Packet, Sync, checksum
 from engine.settings import TransferSettings
 from workers.handlers import PayloadHandler
@@ -49,6 +49,8 @@ class ChannelLoop:
         self.readers: dict[zmq.Socket, Callable[[], None]] = {}
         self.watch(control, lambda: self.on_control(decode(control.recv())))
         self.watch(data, lambda: self.on_data(data.recv_multipart(copy=False)))
+        # The kernel closes the coordinator's end when it dies, however it dies.
+        self.watch(control.get_monitor_socket(zmq.EVENT_DISCONNECTED), self.on_orphaned)
 
     def watch(self, socket: zmq.Socket, reader: Callable[[], None]) -> None:
         self.poller.register(socket, zmq.POLLIN)
@@ -57,21 +59,26 @@ class ChannelLoop:
     def tell(self, msg: Any) -> None:
         self.control.send(encode(msg))
 
+    def on_orphaned(self) -> None:
+        raise PeerLost(f"channel {self.channel}: coordinator went away")
+
     def coordinator_alive(self) -> bool:
+        """The backstop to on_orphaned: our parent, or the coordinator, is gone (a killed
+        coordinator stays a zombie until reaped, so its pid alone proves nothing)."""
         if os.getppid() != self.parent_pid:
             return False
         try:
-            os.kill(self.coordinator_pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{self.coordinator_pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
             return False
-        return True
 
     def run(self) -> None:
         while self.running:
             self.poller.modify(self.data, zmq.POLLIN if self.reading() else 0)
             events = dict(self.poller.poll(WATCH_INTERVAL_MS))
             if not events and not self.coordinator_alive():
-                raise PeerLost(f"channel {self.channel}: coordinator went away")
+                self.on_orphaned()
             for socket, reader in list(self.readers.items()):
                 if socket in events and (socket is not self.data or self.reading()):
                     reader()
@@ -201,7 +208,12 @@ class DestinationChannel(ChannelLoop):
             notice = self.handlers[msg.kind].apply(msg.body, parts[1:])
             if notice is not None:
                 self.tell(jobs.Notice(kind=msg.kind, data=notice))
-        self.data.send_multipart([identity, encode(Ack(seq=msg.seq))])
+        try:
+            self.data.send_multipart([identity, encode(Ack(seq=msg.seq))])
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            # The sender's connection broke: its replacement re-sends, we ack again then.
         self.counters["packets"] += 1
         self.counters["bytes"] += sum(len(p) for p in parts)
         self.counters["busy_s"] += time.perf_counter() - started
@@ -216,7 +228,7 @@ class DestinationChannel(ChannelLoop):
         self.tell(jobs.Reached(round=msg.round))
 
     def _refuse(self, identity: bytes, reason: str) -> None:
-        print(f"multifd: channel {self.channel}: refused a message: {reason}", file=sys.stderr)
+        warn(f"channel {self.channel}: refused a message: {reason}")
         try:
             self.data.send_multipart([identity, encode(Fault(message=reason))], zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -1,0 +1,231 @@
+"""Faults with real processes: killed workers and coordinators, cut connections, interrupts,
+a stalled destination. Each ends verified, or fails with one clear message and nothing left
+behind. Durations are printed for the record (run with -s), never asserted tightly: this
+machine's timings swing; the generous limits only catch hangs."""
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tcp_proxy import TcpProxy, free_port_run
+from test_cli import last_json, start_receiver
+
+MiB = 1 << 20
+# Slow enough to act in the middle: a random image at zstd level 3, two packets in flight.
+SLOW = ["--compress", "zstd:3", "--window", "2"]
+
+
+def start_sender(src: Path, endpoint: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine", "send", str(src), "--to", endpoint,
+                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def workers_of(process: subprocess.Popen) -> dict[str, psutil.Process]:
+    """The worker processes of a coordinator, by name (multifd-src0, multifd-dst1, ...)."""
+    found = {}
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if child.name().startswith("multifd-"):
+                found[child.name()] = child
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def wait_for_progress(partial: Path, nbytes: int, timeout: float = 60) -> None:
+    """Until the destination holds `nbytes` of data: the transfer is under way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if partial.stat().st_blocks * 512 >= nbytes:
+                return
+        except FileNotFoundError:
+            assert not partial.with_suffix("").exists(), "the transfer ended before the test acted"
+        time.sleep(0.01)
+    raise AssertionError("the transfer made no progress")
+
+
+def kill_worker(coordinator: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + 10
+    while name not in workers_of(coordinator):
+        assert time.monotonic() < deadline, f"no worker {name}"
+        time.sleep(0.01)
+    workers_of(coordinator)[name].kill()
+
+
+def finish(*processes: subprocess.Popen, timeout: float = 120) -> list[tuple[int, str, str]]:
+    """Wait for each process: (exit code, stdout, stderr)."""
+    outputs = [p.communicate(timeout=timeout) for p in processes]
+    return [(p.returncode, *output) for p, output in zip(processes, outputs)]
+
+
+def assert_no_processes_left(*coordinators: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 5
+    names = ("multifd-src", "multifd-dst")
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["name"])
+                if (p.info["name"] or "").startswith(names)
+                and any(_descends(p, c.pid) for c in coordinators)]
+        if not left:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes left behind: {left}")
+
+
+def _descends(process: psutil.Process, ancestor: int) -> bool:
+    try:
+        return any(parent.pid == ancestor for parent in process.parents())
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def random_image(image):
+    return image(160 * MiB, kind="random")
+
+
+@pytest.mark.parametrize("side, victim", [("source", "multifd-src0"),
+                                          ("destination", "multifd-dst1")])
+def test_a_killed_worker_is_replaced_and_the_transfer_verifies(random_image, tmp_path, side,
+                                                               victim):
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(random_image, endpoint, *SLOW)
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    kill_worker(sender if side == "source" else receiver, victim)
+    (sent, out, err), (received, _, rerr) = finish(sender, receiver)
+    assert sent == 0 and received == 0, err + rerr
+    assert "starting a new" in err + rerr
+    assert last_json(out)["ok"] is True
+    assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)
+
+
+def test_a_channel_that_keeps_failing_fails_the_transfer_and_names_it(random_image, tmp_path):
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(random_image, endpoint, *SLOW)
+    wait_for_progress(tmp_path / "dst.partial", 8 * MiB)
+    killed: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(killed) < 3 and time.monotonic() < deadline:
+        victim = workers_of(sender).get("multifd-src0")  # each replacement, as it appears
+        if victim is not None and victim.pid not in killed:
+            victim.kill()
+            killed.add(victim.pid)
+        time.sleep(0.01)
+    (sent, _, err), (received, _, rerr) = finish(sender, receiver)
+    assert sent == 1 and received == 1
+    assert "channel 0 failed 3 times" in err and "Traceback" not in err + rerr
+    assert not (tmp_path / "dst").exists()
+    assert_no_processes_left(sender, receiver)
+
+
+def test_a_cut_connection_is_reconnected_and_the_transfer_verifies(random_image, tmp_path,
+                                                                  second_loopback_address):
+    channels = 2
+    base = free_port_run(channels, ("127.0.0.1", second_loopback_address))
+    receiver, endpoint = start_receiver(tmp_path / "dst", "--data-ports", str(base),
+                                        listen=f"tcp://{second_loopback_address}:0")
+    proxy = TcpProxy()
+    try:
+        control = proxy.forward(0, (second_loopback_address, int(endpoint.rsplit(":", 1)[1])))
+        for port in range(base, base + channels):
+            proxy.forward(port, (second_loopback_address, port))
+        sender = start_sender(random_image, f"tcp://127.0.0.1:{control}", *SLOW)
+        wait_for_progress(tmp_path / "dst.partial", 32 * MiB)
+        proxy.cut()
+        (sent, out, err), (received, _, rerr) = finish(sender, receiver)
+    finally:
+        receiver.kill()
+        proxy.close()
+    assert sent == 0 and received == 0, err + rerr
+    assert "connection to the destination lost" in err
+    assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)
+
+
+@pytest.mark.parametrize("victim", ["receiver", "sender"])
+def test_a_killed_coordinator_is_noticed_by_the_other_side(random_image, tmp_path, victim):
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(random_image, endpoint, *SLOW)
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    killed, survivor = (receiver, sender) if victim == "receiver" else (sender, receiver)
+    killed.kill()
+    started = time.monotonic()
+    code, _, err = finish(survivor, timeout=30)[0]
+    print(f"\n{victim} killed: the other side exited after {time.monotonic() - started:.2f} s")
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("multifd: error:")
+    assert "Traceback" not in err
+    assert not (tmp_path / "dst").exists()
+    killed.communicate()
+    assert_no_processes_left(sender, receiver)
+
+
+@pytest.mark.parametrize("victim", ["receiver", "sender"])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_stops_cleanly_and_leaves_no_final_destination(random_image, tmp_path,
+                                                                   victim, signum, code):
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(random_image, endpoint, *SLOW)
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    target = receiver if victim == "receiver" else sender
+    target.send_signal(signum)
+    started = time.monotonic()
+    target_code, _, err = finish(target, timeout=30)[0]
+    print(f"\n{victim} stopped {time.monotonic() - started:.2f} s after the signal")
+    assert target_code == code
+    assert "stopped" in err and "Traceback" not in err
+    other = sender if target is receiver else receiver
+    assert finish(other, timeout=30)[0][0] == 1
+    assert not (tmp_path / "dst").exists(), "an incomplete image got its final name"
+    assert (tmp_path / "dst.partial").exists()
+    assert_no_processes_left(sender, receiver)
+
+
+def test_an_interrupted_shared_memory_destination_is_removed(random_image):
+    name = f"multifd-interrupt-{os.getpid()}"
+    migrate = subprocess.Popen([sys.executable, "-m", "engine", "migrate", str(random_image),
+                                f"shm:{name}", *SLOW], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_progress(Path("/dev/shm") / f"{name}.partial", 16 * MiB)
+    migrate.send_signal(signal.SIGINT)
+    assert finish(migrate, timeout=30)[0][0] == 130
+    leftovers = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(name)]
+    assert not leftovers, leftovers
+    assert_no_processes_left(migrate)
+
+
+def test_a_destination_that_stops_reading_stalls_the_sender_with_bounded_memory(image,
+                                                                                 tmp_path):
+    src = image(256 * MiB, kind="random")
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(src, endpoint, "--window", "4")
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    stopped = list(workers_of(receiver).values())
+    for worker in stopped:
+        worker.suspend()
+    try:
+        time.sleep(1.0)
+        before = (tmp_path / "dst.partial").stat().st_blocks
+        sizes = []
+        for _ in range(10):
+            sizes.append(sum(w.memory_full_info().uss for w in workers_of(sender).values()))
+            time.sleep(0.2)
+        assert (tmp_path / "dst.partial").stat().st_blocks == before, "data moved while stalled"
+        assert sender.poll() is None, "the sender gave up on a slow destination"
+        # Bounded: nothing like the 256 MiB image piles up in the source workers.
+        assert max(sizes) - min(sizes) < 8 * MiB, sizes
+    finally:
+        for worker in stopped:
+            worker.resume()
+    (sent, _, err), (received, _, _) = finish(sender, receiver)
+    assert sent == 0 and received == 0, err
+    assert filecmp.cmp(src, tmp_path / "dst", shallow=False)
