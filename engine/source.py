@@ -1,7 +1,7 @@
 """The source coordinator: the `Sender` API that producers submit pages and device state to.
 
-Producers on any thread call send_range / send_pages / send_device / sync; those calls only
-queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized job to
+Producers on any thread call send_range / send_pages / send_device / sync / scan; those calls
+only queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized job to
 the channel with the most free credit (a slow channel is simply given less), broadcasts SYNC
 at the end of a round, and runs the end of the transfer (digest, COMPLETE, verdict).
 """
@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import zmq
@@ -53,6 +53,12 @@ class _FinishMarker(_Marker):
     devices: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _ScanMarker(_Marker):
+    kind: str = ""
+    requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
 class Sender:
     """Sends one image (and device state) to a Receiver over `settings.channels` channels.
 
@@ -84,6 +90,9 @@ class Sender:
         self._control: ControlLink | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._started = 0.0
+        # When the destination's verdict arrived (perf_counter), before our workers stopped:
+        # the end of a live migration's downtime.
+        self.verified_at: float | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -182,6 +191,24 @@ class Sender:
     def sync(self) -> int:
         """End the round: wait until the destination has applied everything queued before."""
         marker = _SyncMarker()
+        self._submit(marker, data=False)
+        self._wait(marker)
+        return marker.result
+
+    def scan(self, kind: str, requests: Sequence[tuple[int, dict[str, Any]]]
+             ) -> list[dict[str, Any]]:
+        """Have source workers inspect the image through handler `kind` (PayloadHandler.scan).
+
+        Request i is a (channel, spec) pair; it runs on that channel's worker after everything
+        queued before it. Returns the answers in request order. Live migration finds dirty
+        pages this way (engine/dirty.py).
+        """
+        for channel, _ in requests:
+            if not 0 <= channel < self.settings.channels:
+                raise UsageError(f"channel {channel} does not exist")
+        if not requests:
+            return []
+        marker = _ScanMarker(kind=kind, requests=list(requests))
         self._submit(marker, data=False)
         self._wait(marker)
         return marker.result
@@ -287,13 +314,16 @@ class _Dispatcher:
         self.current: Iterator[tuple] | None = None
         self.round = 0
         self.waiting_sync: dict[int, _SyncMarker] = {}
+        self.scans: dict[int, _ScanMarker] = {}
+        self.next_scan = 0
         self.finishing: _FinishMarker | None = None
         self.hashes: dict[int, bytes] = {}
         self.image_digest = ""
 
     def markers(self) -> list[_Marker]:
         """Every marker a caller may be waiting on."""
-        return [*self.waiting_sync.values(), *([self.finishing] if self.finishing else [])]
+        return [*self.waiting_sync.values(), *self.scans.values(),
+                *([self.finishing] if self.finishing else [])]
 
     def run(self) -> None:
         s = self.s
@@ -334,6 +364,8 @@ class _Dispatcher:
                     self.round += 1
                 elif isinstance(item, _FinishMarker):
                     self.start_finish(item)
+                elif isinstance(item, _ScanMarker):
+                    self.start_scan(item)
                 else:
                     self.current = item
                 continue
@@ -361,6 +393,15 @@ class _Dispatcher:
             self.hashes.update(zip(msg.segments, msg.digests))
             if len(self.hashes) == digest.segment_count(self.s.image_size):
                 self.send_complete()
+        elif isinstance(msg, jobs.Scanned):
+            marker = self.scans.get(msg.scan)
+            if marker is None or not 0 <= msg.index < len(marker.result) \
+                    or marker.result[msg.index] is not None:
+                raise ProtocolError(f"source worker {channel} answered a scan it was not given")
+            marker.result[msg.index] = msg.data
+            if None not in marker.result:
+                del self.scans[msg.scan]
+                marker.done.set()
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from source worker {channel}")
 
@@ -377,12 +418,21 @@ class _Dispatcher:
         elif isinstance(msg, Verdict):
             if not msg.ok:
                 raise VerificationFailed(f"destination did not verify: {msg.message}")
+            self.s.verified_at = time.perf_counter()
             stats = self.s._workers.stop()
             self.finishing.result = (msg, stats, self.image_digest)
         elif isinstance(msg, Fault):
             raise TransferError(f"receiver failed: {msg.message}")
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from the receiver")
+
+    def start_scan(self, marker: _ScanMarker) -> None:
+        key, self.next_scan = self.next_scan, self.next_scan + 1
+        marker.result = [None] * len(marker.requests)
+        self.scans[key] = marker
+        for index, (channel, spec) in enumerate(marker.requests):
+            self.s._workers.send(channel, jobs.ScanJob(scan=key, index=index, kind=marker.kind,
+                                                       spec=spec))
 
     def start_finish(self, marker: _FinishMarker) -> None:
         self.finishing = marker

@@ -4,7 +4,8 @@ A source channel turns jobs from its coordinator into packets (through the handl
 names) and turns the destination's acknowledgements into credits for the coordinator.
 A destination channel validates everything that arrives on its socket, hands packet bodies to
 handlers, acknowledges them, and parks at each SYNC until its coordinator releases it.
-Both hash segments of their image on request, for the end-of-transfer digest.
+Both hash segments of their image on request, for the end-of-transfer digest; a source
+channel also runs a handler's scan on request and forwards its answer unread.
 """
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ class SourceChannel(ChannelLoop):
         elif isinstance(msg, jobs.SyncJob):
             self.data.send(encode(Sync(session=self.session, channel=self.channel,
                                        round=msg.round)))
+        elif isinstance(msg, jobs.ScanJob):
+            answer = self.handlers[msg.kind].scan(msg.spec)
+            self.tell(jobs.Scanned(scan=msg.scan, index=msg.index, data=answer))
         else:
             super().on_control(msg)
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from engine.errors import ProtocolError
 from engine.settings import TransferSettings
 
 
@@ -71,6 +72,17 @@ class PayloadHandler(ABC):
     @abstractmethod
     def apply(self, body: dict[str, Any], frames: list[Any]) -> dict[str, Any] | None:
         ...
+
+    def scan(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Inspect the source between packets and answer the coordinator (source side only).
+
+        The RAM handler hashes a range of pages here to find the pages that changed since
+        the previous scan of the same range (live migration, engine/dirty.py). A handler may
+        keep state between scans; the coordinator sends a given spec to the same worker each
+        time. The answer must be small (it travels as one IPC message, well under 256 KiB).
+        Handlers that cannot scan refuse with ProtocolError.
+        """
+        raise ProtocolError(f"the {self.kind!r} handler cannot scan")
 
     def max_payload(self) -> int:
         """The largest payload one packet of this kind may carry, for the channel's check."""
