@@ -50,8 +50,8 @@ class PayloadHandler(ABC):
     Contract:
     - `encode(spec)` runs on the source: it turns a job descriptor into an Encoded packet.
       It reads its bytes from the context (mapping, files); it may block on disk reads only.
-      Frames may be views of the mapped image: the caller sends them before the image changes
-      or is closed.
+      Frames must not change after encode returns (the checksum covers them, and ZeroMQ
+      sends them later): never views of a source that may be written meanwhile.
     - `apply(body, frames)` runs on the destination after the header and checksum were
       checked. It validates every body field against the context before touching anything,
       raises ProtocolError/CorruptPayload on bad input (having written nothing outside the

@@ -2,7 +2,9 @@
 
 On the source, zero pages are found with one vectorised numpy pass over the packet's pages
 (a uint64 view, any() per row): the bytes are touched only by C code. Non-zero pages travel
-as zero-copy views of the mapped image when the codec is "none", or as one compressed frame.
+as one frame: a copy of them when the codec is "none", else compressed. Not views of the
+mapping: the checksum must cover exactly the bytes that go on the wire, and a live source
+keeps changing until ZeroMQ has sent them.
 On the destination, a zero page is written only over a page that was written before (a fresh
 destination starts zeroed), which keeps the destination sparse.
 For live migration without a cooperating writer, `scan` hashes a range of source pages (xxh3-64
@@ -48,8 +50,10 @@ class RamHandler(PayloadHandler):
                   for (start, _), run_flags in zip(runs, flags)
                   for first, end in _stretches(run_flags)]
         raw = sum(len(s) for s in slices)
-        if self.codec.name == "none" or raw == 0:
-            frames = slices
+        if raw == 0:
+            frames = []
+        elif self.codec.name == "none":
+            frames = [b"".join(slices)]
         else:
             frames = [self.codec.compress(slices[0] if len(slices) == 1 else b"".join(slices))]
         nonzero = np.concatenate(flags)
