@@ -117,7 +117,13 @@ class WorkerGroup:
         return self.stats
 
     def close(self) -> None:
-        """Make sure no worker survives: join briefly, then terminate, then kill."""
+        """Make sure no worker survives: ask, join briefly, then terminate, then kill."""
+        for channel, process in enumerate(self.processes):
+            if process.exitcode is None:  # after a failure nobody asked it to stop yet
+                try:
+                    self.sockets[channel].send(encode(Stop()), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # it is not listening; terminate() below
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for process in self.processes:
             process.join(max(0.0, deadline - time.monotonic()))
