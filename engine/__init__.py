@@ -6,8 +6,8 @@ each, between processes or hosts), `TransferSettings`, `TransferResult`, and the
 from __future__ import annotations
 
 from engine.destination import Receiver
-from engine.errors import (CorruptPayload, EngineError, Interrupted, PeerLost, ProtocolError,
-                           TransferError, UsageError, VerificationFailed)
+from engine.errors import (CorruptPayload, EngineError, Interrupted, NotConverged, PeerLost,
+                           ProtocolError, TransferError, UsageError, VerificationFailed)
 from engine.local import migrate
 from engine.result import TransferResult
 from engine.settings import TransferSettings
@@ -15,6 +15,7 @@ from engine.source import Sender
 
 __version__ = "0.1.0"
 
-__all__ = ["CorruptPayload", "EngineError", "Interrupted", "PeerLost", "ProtocolError",
+__all__ = ["CorruptPayload", "EngineError", "Interrupted", "NotConverged", "PeerLost",
+           "ProtocolError",
            "Receiver", "Sender", "TransferError", "TransferResult", "TransferSettings",
            "UsageError", "VerificationFailed", "migrate", "__version__"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from engine.destination import Receiver
 from engine.errors import EngineError, TransferError
@@ -17,6 +17,7 @@ from engine.settings import TransferSettings
 from engine.source import HANDSHAKE_TIMEOUT_S, Sender
 
 RECEIVER_JOIN_S = 10.0
+R = TypeVar("R")
 
 
 def migrate(source: str, destination: str, settings: TransferSettings = TransferSettings(),
@@ -24,6 +25,25 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
             device_dir: str | os.PathLike | None = None, force: bool = False,
             progress: Callable[[int], None] | None = None) -> TransferResult:
     """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified."""
+
+    def copy(sender: Sender) -> TransferResult:
+        sender.send_range()
+        for name, state in (devices or {}).items():
+            sender.send_device(name, state)
+        return sender.finish()
+
+    return run_locally(source, destination, copy, settings, device_dir, force, progress)
+
+
+def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
+                settings: TransferSettings = TransferSettings(),
+                device_dir: str | os.PathLike | None = None, force: bool = False,
+                progress: Callable[[int], None] | None = None) -> R:
+    """Serve `destination` on a loopback receiver thread while `transfer(sender)` sends to it.
+
+    `transfer` drives the started Sender (rounds, devices, finish) and returns its result;
+    migrate() sends everything once, live migration (engine/live.py) sends rounds.
+    """
     receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force)
     outcome: dict[str, object] = {}
 
@@ -38,10 +58,7 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
         sender = Sender(source, str(receiver.endpoint), settings, progress=progress)
         thread.start()
         with sender:
-            sender.send_range()
-            for name, state in (devices or {}).items():
-                sender.send_device(name, state)
-            result = sender.finish()
+            result = transfer(sender)
     finally:
         if thread.ident is not None:
             thread.join(RECEIVER_JOIN_S)
