@@ -8,10 +8,11 @@ count, not bytes, is what predicts the next round) and each look measures the di
 
 The downtime is measured from asking for the pause to the destination's verdict, so it
 includes a last look and verification, which hashes the whole image on both ends. The
-engine therefore expects a stop to take: one look + the dirty pages at the last round's
-rate + two full hash passes over the image (a hash-tracking look is one such pass; with the
-log, one pass is timed once after round 0). When that fits the downtime limit, it pauses
-the source, takes the last look, sends those pages and the device state, and completes.
+engine therefore expects a stop to take: one look + the dirty pages (those found, plus those
+the source dirties during one more look) at the last round's rate + VERIFY_PASSES full hash
+passes over the image (a hash-tracking look is one such pass; with the log, one pass is
+timed once after round 0). When that fits the downtime limit, it pauses the source, takes
+the last look, sends those pages and the device state, and completes.
 
 Policy when the source dirties pages faster than the link carries them: after
 `max_rounds` rounds sent while the source ran, "switchover" (the default) pauses the source
@@ -39,6 +40,10 @@ from engine.source import Sender
 
 Devices = Mapping[str, bytes | str | os.PathLike]
 DOWNTIME_PARTS = ("pause", "look", "copy", "verify")
+# Verification, in page-hash passes over the image. It hashes the image on both ends, each
+# slower than a page-hash pass (digest.hash_segment's SEEK_HOLE walks dense tmpfs files; the
+# destination faults pages in): measured 2-3.5 passes for 256 MiB, 3.3-3.9 for 1 GiB.
+VERIFY_PASSES = 3
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,9 @@ class _Precopy:
             look_s = time.perf_counter() - started
             dirty_rate = len(dirty) * PAGE_SIZE / (started - last_look)
             last_look = started
-            copy_s = len(dirty) / self.rate if len(dirty) else 0.0
+            # The last look also finds what the source dirties while it runs.
+            copy_s = ((len(dirty) + dirty_rate / PAGE_SIZE * look_s) / self.rate
+                      if self.rate else 0.0)  # no rate: an empty image, nothing to copy
             expected_ms = 1000 * (look_s + copy_s + self.verify_estimate(look_s))
             if on_round is not None:
                 on_round(RoundReport(round=len(self.pages) - 1, pages=self.pages[-1],
@@ -133,15 +140,15 @@ class _Precopy:
             downtime_ms=sum(downtime.values()), downtime_parts_ms=downtime, converged=converged)
 
     def verify_estimate(self, look_s: float) -> float:
-        """Seconds that verification will take: about one full hash pass on each end."""
+        """Seconds that verification will take (VERIFY_PASSES full hash passes)."""
         if self.tracker.kind == "hash":
-            return 2 * look_s  # the look itself hashed every page
+            return VERIFY_PASSES * look_s  # the look itself hashed every page
         if self.hash_pass_s is None:  # the log's looks hash nothing: time one pass, once
             # (its page hashes then stay in the workers, 8 bytes per page, unused)
             started = time.perf_counter()
             HashTracker(self.sender).begin()
             self.hash_pass_s = time.perf_counter() - started
-        return 2 * self.hash_pass_s
+        return VERIFY_PASSES * self.hash_pass_s
 
     def send_round(self, pages: np.ndarray | None, devices: Devices | None = None) -> None:
         """Send `pages` (None: the whole image) and `devices`, then wait for the barrier."""

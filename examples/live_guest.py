@@ -10,8 +10,9 @@ checks the destination:
 - consistent: every page holds the same byte as the first page, except that from exactly
   one edge on the pages hold one less (the guest was stopped mid-sweep);
 - identical: the destination equals the paused source byte for byte.
-With `--dirty log` the guest also keeps the dirty log (engine/dirty.py): it adds 1 to a page's
-counter before and after writing the page.
+The guest cooperates by default (`--dirty log`): it adds 1 to a page's counter in the dirty
+log (engine/dirty.py) before and after writing the page, as a hypervisor's dirty logging
+would. `--dirty hash` has it write blindly and the engine compare page hashes instead.
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def main() -> int:
     parser.add_argument("--size", default="256M", help="region size (default 256M)")
     parser.add_argument("--rate", default="256M",
                         help="bytes of region the guest sweeps per second (default 256M)")
-    parser.add_argument("--dirty", choices=("hash", "log"), default="hash")
+    parser.add_argument("--dirty", choices=("log", "hash"), default="log",
+                        help="dirty tracking: log (the guest keeps it; default) or hash")
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument("--compress", default="zstd:1")
     parser.add_argument("--downtime-limit", type=int, default=300, metavar="MS")
