@@ -40,10 +40,12 @@ from engine.source import Sender
 
 Devices = Mapping[str, bytes | str | os.PathLike]
 DOWNTIME_PARTS = ("pause", "look", "copy", "verify")
-# Verification, in page-hash passes over the image. It hashes the image on both ends, each
-# slower than a page-hash pass (digest.hash_segment's SEEK_HOLE walks dense tmpfs files; the
-# destination faults pages in): measured 2-3.5 passes for 256 MiB, 3.3-3.9 for 1 GiB.
-VERIFY_PASSES = 3
+# Verification, in page-hash passes over the image: it hashes the image on both ends, each
+# slower than a page-hash pass. Measured (examples/live_guest.py, docs/live.md): 0.9-1.6
+# passes for 256 MiB, 3.3-4.5 for 1 GiB, growing with the size because digest.hash_segment's
+# SEEK_HOLE walks dense tmpfs files to their end. Erring high costs a round; erring low
+# breaks the limit. Revisit (about 2) once the digest seeks in linear time.
+VERIFY_PASSES = 4
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,13 @@ class _Precopy:
         """Seconds that verification will take (VERIFY_PASSES full hash passes)."""
         if self.tracker.kind == "hash":
             return VERIFY_PASSES * look_s  # the look itself hashed every page
-        if self.hash_pass_s is None:  # the log's looks hash nothing: time one pass, once
-            # (its page hashes then stay in the workers, 8 bytes per page, unused)
+        if self.hash_pass_s is None:  # the log's looks hash nothing: time a pass, once
+            # (its page hashes then stay in the workers, 8 bytes per page, unused). The
+            # first pass faults the pages into each worker and is 2-3x slower: time the next.
+            passes = HashTracker(self.sender)
+            passes.begin()
             started = time.perf_counter()
-            HashTracker(self.sender).begin()
+            passes.collect()
             self.hash_pass_s = time.perf_counter() - started
         return VERIFY_PASSES * self.hash_pass_s
 
