@@ -93,7 +93,8 @@ def _add_live_options(p: argparse.ArgumentParser) -> None:
     live.add_argument("--downtime-limit", type=int, metavar="MS",
                       help=f"longest acceptable pause (default {DEFAULT_DOWNTIME_LIMIT_MS})")
     live.add_argument("--max-rounds", type=int, metavar="N",
-                      help=f"rounds before giving up on converging (default {DEFAULT_MAX_ROUNDS})")
+                      help="rounds before giving up on converging "
+                           f"(default {DEFAULT_MAX_ROUNDS})")
     live.add_argument("--on-no-convergence", choices=NO_CONVERGENCE_POLICIES,
                       help="after --max-rounds: pause anyway (switchover, default) or fail "
                            "and leave the source running")
@@ -125,15 +126,15 @@ def settings_from(args: argparse.Namespace) -> TransferSettings:
     return settings
 
 
-_LIVE_OPTIONS = {"dirty": "--dirty", "downtime_limit": "--downtime-limit",
-                 "max_rounds": "--max-rounds", "on_no_convergence": "--on-no-convergence",
-                 "pause_pid": "--pause-pid", "pause_cmd": "--pause-cmd",
-                 "resume_cmd": "--resume-cmd"}
+# The live options besides --live itself (their flags are these with dashes).
+_LIVE_OPTIONS = ("dirty", "downtime_limit", "max_rounds", "on_no_convergence", "pause_pid",
+                 "pause_cmd", "resume_cmd")
 
 
 def live_from(args: argparse.Namespace) -> LiveSettings | None:
     """The live settings, or None for a plain transfer; refuses live options without --live."""
-    given = [flag for dest, flag in _LIVE_OPTIONS.items() if getattr(args, dest) is not None]
+    given = [f"--{dest.replace('_', '-')}" for dest in _LIVE_OPTIONS
+             if getattr(args, dest) is not None]
     if not args.live:
         if given:
             raise UsageError(f"{given[0]} needs --live")
@@ -220,10 +221,8 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
                         on_round=on_round)
 
 
-def _print_round(r: "RoundReport") -> None:
-    print(f"multifd: round {r.round}: {r.pages:,} pages in {r.seconds:.3f} s; then "
-          f"{r.dirty_pages:,} dirty ({r.dirty_rate / (1 << 20):,.0f} MiB/s), a stop would "
-          f"take ~{r.expected_downtime_ms:.0f} ms", file=sys.stderr, flush=True)
+def _print_round(report: "RoundReport") -> None:
+    print(f"multifd: {report}", file=sys.stderr, flush=True)
 
 
 def print_versions() -> None:

@@ -59,6 +59,11 @@ class RoundReport:
     dirty_rate: float
     expected_downtime_ms: float
 
+    def __str__(self) -> str:
+        return (f"round {self.round}: {self.pages:,} pages in {self.seconds:.3f} s; then "
+                f"{self.dirty_pages:,} dirty ({self.dirty_rate / (1 << 20):,.0f} MiB/s), a "
+                f"stop would take ~{self.expected_downtime_ms:.0f} ms")
+
 
 def migrate_live(source: str, destination: str, settings: TransferSettings = TransferSettings(),
                  live: LiveSettings = LiveSettings(), *, pause: Callable[[], None],

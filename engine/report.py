@@ -14,7 +14,8 @@ def json_line(result: TransferResult | LiveResult) -> str:
 
 
 def print_summary(result: TransferResult | LiveResult, title: str | None = None) -> None:
-    live, result = (result, result.transfer) if isinstance(result, LiveResult) else (None, result)
+    live = result if isinstance(result, LiveResult) else None
+    result = live.transfer if live else result
     title = title or ("live migration verified" if live else "transfer verified")
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
@@ -49,7 +50,7 @@ def _live_rows(live: LiveResult) -> list[tuple[str, str]]:
     return [
         ("dirty tracking", live.dirty),
         ("pages per round", " ".join(f"{p:,}" for p in live.pages_per_round)),
-        ("rate", f"{live.rate / mib:,.0f} MiB/s (last round before the stop)"),
+        ("round rate", f"{live.rate / mib:,.0f} MiB/s (the last round before the stop)"),
         ("dirty rate", f"{live.dirty_rate / mib:,.0f} MiB/s"),
         ("converged", "yes" if live.converged else "no: switched over anyway"),
         ("downtime", f"{live.downtime_ms:.0f} ms (limit {live.downtime_limit_ms} ms, expected "

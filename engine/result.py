@@ -1,7 +1,7 @@
 """What a finished transfer reports: the figures behind `--json` and the summary table."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -72,13 +72,9 @@ class LiveResult:
     downtime_parts_ms: dict[str, float]
     converged: bool
 
-    @property
-    def ok(self) -> bool:
-        return self.transfer.ok
-
     def to_json(self) -> dict[str, Any]:
         out = self.transfer.to_json()
-        live = {key: value for key, value in asdict(self).items() if key != "transfer"}
+        live = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "transfer"}
         live["seconds_per_round"] = [round(s, 4) for s in self.seconds_per_round]
         live["downtime_parts_ms"] = {k: round(v, 2) for k, v in self.downtime_parts_ms.items()}
         for key in ("rate", "dirty_rate"):

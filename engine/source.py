@@ -1,9 +1,10 @@
 """The source coordinator: the `Sender` API that producers submit pages and device state to.
 
 Producers on any thread call send_range / send_pages / send_device / sync / scan; those calls
-only queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized job to
-the channel with the most free credit (a slow channel is simply given less), broadcasts SYNC
-at the end of a round, and runs the end of the transfer (digest, COMPLETE, verdict).
+only queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized
+job to the channel with the most free credit (a slow channel is simply given less),
+broadcasts SYNC at the end of a round, and runs the end of the transfer (digest, COMPLETE,
+verdict).
 """
 from __future__ import annotations
 

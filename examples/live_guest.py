@@ -31,7 +31,7 @@ import numpy as np
 from engine import EngineError, TransferSettings
 from engine.dirty import LOG_ENTRY, create_dirty_log
 from engine.image import SHM_DIR, map_file
-from engine.live import RoundReport, migrate_live
+from engine.live import migrate_live
 from engine.pause import ProcessPause
 from engine.report import print_summary
 from engine.settings import PAGE_SIZE, LiveSettings
@@ -131,20 +131,18 @@ def run(args: argparse.Namespace) -> int:
         say(f"guest {process.pid} sweeps {size >> 20} MiB at {rate >> 20} MiB/s; "
             f"migrating live ({args.dirty} tracking)")
 
-        def on_round(r: RoundReport) -> None:
-            say(f"round {r.round}: {r.pages} pages in {r.seconds:.3f} s; then {r.dirty_pages} "
-                f"dirty ({r.dirty_rate / (1 << 20):.0f} MiB/s), stop would take "
-                f"~{r.expected_downtime_ms:.0f} ms")
+        def save_devices() -> dict[str, bytes]:  # called once the guest is paused
+            return {"cpu": json.dumps({"pid": process.pid, "pages": pages}).encode()}
 
         result = migrate_live(
             f"shm:{region.name}", f"shm:{copy.name}", settings, live, pause=paused.pause,
-            resume=paused.resume, devices=lambda: {"cpu": json.dumps({"pid": process.pid})
-                                                   .encode()},
-            device_dir=devices, on_round=on_round)
+            resume=paused.resume, devices=save_devices, device_dir=devices,
+            on_round=lambda report: say(str(report)))
         first_bytes = np.frombuffer(map_file(copy, writable=False), dtype=np.uint8)[::PAGE_SIZE]
         checks = {"consistent": consistent(first_bytes), "identical": identical(region, copy)}
         if args.json:
-            print(json.dumps({**result.to_json(), **checks, "guest_rate": rate}, sort_keys=True))
+            summary = {**result.to_json(), **checks, "guest_rate": rate}
+            print(json.dumps(summary, sort_keys=True))
         else:
             print_summary(result)
             say(", ".join(f"{key}: {value}" for key, value in checks.items()))
