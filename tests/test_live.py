@@ -183,7 +183,7 @@ def test_no_convergence_switches_over_after_max_rounds_by_default(writer, tmp_pa
     summary = last_json(run.stdout)
     assert summary["converged"] is False
     assert summary["rounds"] == 4  # 3 while the writer ran, then the stop-and-copy round
-    assert summary["pages_per_round"] == [256] * 4
+    assert len(summary["pages_per_round"]) == 4 and summary["pages_per_round"][0] == 256
     assert summary["expected_downtime_ms"] > 1
     assert stopped(process)
     assert (tmp_path / "dst").read_bytes() == region.read_bytes()
