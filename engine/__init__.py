@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 
 from engine.errors import (AuthenticationFailed, CorruptPayload, EngineError, Interrupted,
-                           PeerLost, ProtocolError, TransferError, UsageError,
-                           VerificationFailed)
+                           NotConverged, PeerLost, ProtocolError, TransferError,
+                           UsageError, VerificationFailed)
 from engine.settings import TransferSettings
 
 __version__ = "0.1.0"
@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 _LAZY = {"Receiver": "engine.destination", "Sender": "engine.source",
          "migrate": "engine.local", "TransferResult": "engine.result"}
 
-__all__ = ["AuthenticationFailed", "CorruptPayload", "EngineError", "Interrupted", "PeerLost",
-           "ProtocolError", "Receiver", "Sender", "TransferError", "TransferResult",
+__all__ = ["AuthenticationFailed", "CorruptPayload", "EngineError", "Interrupted",
+           "NotConverged", "PeerLost", "ProtocolError", "Receiver", "Sender", "TransferError", "TransferResult",
            "TransferSettings", "UsageError", "VerificationFailed", "migrate", "__version__"]
 
 

@@ -9,15 +9,21 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from engine import __version__
 from engine.endpoint import parse_endpoint
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.security import (ClientKeys, ServerKeys, load_client_keys, load_server_keys,
                              write_key_pair)
-from engine.settings import (DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_PACKET_PAGES,
-                             DEFAULT_WINDOW, TransferSettings)
+from engine.settings import (DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNTIME_LIMIT_MS,
+                             DEFAULT_MAX_ROUNDS, DEFAULT_PACKET_PAGES, DEFAULT_WINDOW,
+                             DIRTY_TRACKERS, NO_CONVERGENCE_POLICIES, LiveSettings,
+                             TransferSettings)
+
+if TYPE_CHECKING:
+    from engine.live import RoundReport
+    from engine.result import LiveResult
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     migrate.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     _add_sender_options(migrate)
+    _add_live_options(migrate)
     _add_receiver_options(migrate)
     migrate.add_argument("--curve", action="store_true",
                          help="encrypt loopback too (CURVE, fresh keys for this transfer)")
@@ -52,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
     _add_sender_options(send)
+    _add_live_options(send)
 
     receive = commands.add_parser("receive", help="wait for one transfer into DEST")
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
@@ -98,6 +106,32 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
 
+def _add_live_options(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that a live option given without --live can be refused;
+    # LiveSettings holds the real defaults.
+    live = p.add_argument_group("live migration: the source keeps running during the copy")
+    live.add_argument("--live", action="store_true",
+                      help="send in rounds while the source runs, then pause it for the rest")
+    live.add_argument("--dirty", choices=DIRTY_TRACKERS,
+                      help="how changed pages are found: log (the writer keeps SRC.dirty) or "
+                           "hash (compare page hashes; default)")
+    live.add_argument("--downtime-limit", type=int, metavar="MS",
+                      help=f"longest acceptable pause (default {DEFAULT_DOWNTIME_LIMIT_MS})")
+    live.add_argument("--max-rounds", type=int, metavar="N",
+                      help="rounds before giving up on converging "
+                           f"(default {DEFAULT_MAX_ROUNDS})")
+    live.add_argument("--on-no-convergence", choices=NO_CONVERGENCE_POLICIES,
+                      help="after --max-rounds: pause anyway (switchover, default) or fail "
+                           "and leave the source running")
+    live.add_argument("--pause-pid", type=int, metavar="PID",
+                      help="pause the source process with SIGSTOP (SIGCONT if the migration "
+                           "then fails)")
+    live.add_argument("--pause-cmd", metavar="CMD",
+                      help="shell command that pauses the source and returns once it stopped")
+    live.add_argument("--resume-cmd", metavar="CMD",
+                      help="shell command run if the migration fails after --pause-cmd")
+
+
 def _add_receiver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-dir", metavar="DIR",
                    help="folder for received device state (default DEST.devices)")
@@ -115,6 +149,28 @@ def settings_from(args: argparse.Namespace) -> TransferSettings:
     make_codec(settings.compress)  # unknown codecs and levels fail here, before any work
     make_codec(settings.device_compress)
     return settings
+
+
+# The live options besides --live itself (their flags are these with dashes).
+_LIVE_OPTIONS = ("dirty", "downtime_limit", "max_rounds", "on_no_convergence", "pause_pid",
+                 "pause_cmd", "resume_cmd")
+
+
+def live_from(args: argparse.Namespace) -> LiveSettings | None:
+    """The live settings, or None for a plain transfer; refuses live options without --live."""
+    given = [f"--{dest.replace('_', '-')}" for dest in _LIVE_OPTIONS
+             if getattr(args, dest) is not None]
+    if not args.live:
+        if given:
+            raise UsageError(f"{given[0]} needs --live")
+        return None
+    if (args.pause_pid is None) == (args.pause_cmd is None):
+        raise UsageError("--live needs one way to pause the source: --pause-pid or --pause-cmd")
+    if args.resume_cmd is not None and args.pause_cmd is None:
+        raise UsageError("--resume-cmd goes with --pause-cmd (--pause-pid resumes by itself)")
+    chosen = {"dirty": args.dirty, "downtime_limit_ms": args.downtime_limit,
+              "max_rounds": args.max_rounds, "on_no_convergence": args.on_no_convergence}
+    return LiveSettings(**{key: value for key, value in chosen.items() if value is not None})
 
 
 def devices_from(specs: list[str]) -> dict[str, Path]:
@@ -178,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"multifd: listening on {receiver.endpoint}{note}", file=sys.stderr,
                   flush=True)
             result = receiver.run()
+    elif (live := live_from(args)) is not None:
+        result = run_live_command(args, live)
     else:
         settings = settings_from(args)
         devices = devices_from(args.device)
@@ -199,6 +257,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_summary(result)
     return 0
+
+
+def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResult":
+    """`migrate --live` / `send --live`: rounds while the source runs, one line per round."""
+    from engine.live import migrate_live, run_live
+    from engine.pause import CommandPause, ProcessPause
+    from engine.source import Sender
+
+    settings = settings_from(args)
+    devices = devices_from(args.device)
+    source = (ProcessPause(args.pause_pid) if args.pause_pid is not None
+              else CommandPause(args.pause_cmd, args.resume_cmd))
+    on_round = _print_round if sys.stderr.isatty() else None
+    if args.command == "migrate":
+        return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
+                            resume=source.resume, devices=devices, device_dir=args.device_dir,
+                            force=args.force, on_round=on_round)
+    with Sender(args.src, args.to, settings) as sender:
+        return run_live(sender, live, pause=source.pause, resume=source.resume, devices=devices,
+                        on_round=on_round)
+
+
+def _print_round(report: "RoundReport") -> None:
+    print(f"multifd: {report}", file=sys.stderr, flush=True)
 
 
 def print_versions() -> None:

@@ -42,6 +42,10 @@ class VerificationFailed(TransferError):
     """Everything arrived, but the destination's digest differs from the source's."""
 
 
+class NotConverged(TransferError):
+    """Live migration gave up: the source dirtied pages faster than the link carried them."""
+
+
 class Interrupted(EngineError):
     """The user asked us to stop (Ctrl-C or SIGTERM)."""
 

@@ -2,7 +2,8 @@
 
 The coordinator hands a worker *what* to send (a page run, a device chunk reference); the
 worker reads the bytes from its own mapping. The worker answers with credits (packets the
-destination acknowledged), barrier arrivals, notices from handlers, digests and statistics.
+destination acknowledged), barrier arrivals, notices from handlers, scan answers, digests and
+statistics.
 """
 from __future__ import annotations
 
@@ -88,6 +89,26 @@ class Hashed:
     segments: list[int]
     digests: list[bytes]
     counters: dict[str, float]
+
+
+@message("w.scan")
+class ScanJob:
+    """Have the handler named `kind` inspect the source (e.g. hash pages to find dirty ones).
+
+    `scan` and `index` come back in the answer so that the coordinator can place it.
+    """
+
+    scan: int
+    index: int
+    kind: str
+    spec: dict[str, Any]
+
+
+@message("w.scanned")
+class Scanned:
+    scan: int
+    index: int
+    data: dict[str, Any]
 
 
 @message("w.stop")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from engine.destination import Receiver
 from engine.errors import EngineError, TransferError
@@ -18,6 +18,7 @@ from engine.settings import TransferSettings
 from engine.source import HANDSHAKE_TIMEOUT_S, Sender
 
 RECEIVER_JOIN_S = 10.0
+R = TypeVar("R")
 
 
 def migrate(source: str, destination: str, settings: TransferSettings = TransferSettings(),
@@ -29,6 +30,25 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
 
     Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
     to measure its cost or to keep other local users from reading the image off the wire."""
+
+    def copy(sender: Sender) -> TransferResult:
+        sender.send_range()
+        for name, state in (devices or {}).items():
+            sender.send_device(name, state)
+        return sender.finish()
+
+    return run_locally(source, destination, copy, settings, device_dir, force, progress, curve)
+
+
+def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
+                settings: TransferSettings = TransferSettings(),
+                device_dir: str | os.PathLike | None = None, force: bool = False,
+                progress: Callable[[int], None] | None = None, curve: bool = False) -> R:
+    """Serve `destination` on a loopback receiver thread while `transfer(sender)` sends to it.
+
+    `transfer` drives the started Sender (rounds, devices, finish) and returns its result;
+    migrate() sends everything once, live migration (engine/live.py) sends rounds.
+    """
     server_keys, client_keys = ephemeral_keys() if curve else (None, None)
     receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force,
                         keys=server_keys)
@@ -46,10 +66,7 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
                         keys=client_keys)
         thread.start()
         with sender:
-            sender.send_range()
-            for name, state in (devices or {}).items():
-                sender.send_device(name, state)
-            result = sender.finish()
+            result = transfer(sender)
     finally:
         if thread.ident is not None:
             thread.join(RECEIVER_JOIN_S)

@@ -6,14 +6,17 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from engine.result import TransferResult
+from engine.result import LiveResult, TransferResult
 
 
-def json_line(result: TransferResult) -> str:
+def json_line(result: TransferResult | LiveResult) -> str:
     return json.dumps(result.to_json(), sort_keys=True)
 
 
-def print_summary(result: TransferResult, title: str = "transfer verified") -> None:
+def print_summary(result: TransferResult | LiveResult, title: str | None = None) -> None:
+    live = result if isinstance(result, LiveResult) else None
+    result = live.transfer if live else result
+    title = title or ("live migration verified" if live else "transfer verified")
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -34,6 +37,22 @@ def print_summary(result: TransferResult, title: str = "transfer verified") -> N
     rows += [(f"channel {i}", f"{c.bytes / mib:,.1f} MiB, {c.packets} packets, "
                               f"busy {c.busy_s:.2f} s")
              for i, c in enumerate(result.per_channel)]
+    if live is not None:
+        rows += _live_rows(live)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+def _live_rows(live: LiveResult) -> list[tuple[str, str]]:
+    mib = 1 << 20
+    parts = ", ".join(f"{name} {ms:.0f}" for name, ms in live.downtime_parts_ms.items())
+    return [
+        ("dirty tracking", live.dirty),
+        ("pages per round", " ".join(f"{p:,}" for p in live.pages_per_round)),
+        ("round rate", f"{live.rate / mib:,.0f} MiB/s (the last round before the stop)"),
+        ("dirty rate", f"{live.dirty_rate / mib:,.0f} MiB/s"),
+        ("converged", "yes" if live.converged else "no: switched over anyway"),
+        ("downtime", f"{live.downtime_ms:.0f} ms (limit {live.downtime_limit_ms} ms, expected "
+                     f"{live.expected_downtime_ms:.0f} ms; {parts})"),
+    ]

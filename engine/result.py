@@ -1,7 +1,7 @@
 """What a finished transfer reports: the figures behind `--json` and the summary table."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -47,3 +47,39 @@ def per_channel(stats: list[dict[str, float]]) -> list[ChannelStats]:
 
 def total(stats: list[dict[str, float]], key: str) -> int:
     return int(sum(s.get(key, 0) for s in stats))
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """A live migration: the verified transfer, its rounds, and the stop it cost the source.
+
+    Rates are in bytes per second: `rate` as measured in the last round sent while the
+    source ran, `dirty_rate` as the source dirtied pages when the engine decided to stop it.
+    The downtime runs from asking for the pause to the destination's verdict; its parts are
+    pause, look (the last dirty-page look), copy (last pages, device state, barrier) and
+    verify (digests on both ends).
+    """
+
+    transfer: TransferResult
+    dirty: str
+    pages_per_round: list[int]
+    seconds_per_round: list[float]
+    rate: float
+    dirty_rate: float
+    downtime_limit_ms: int
+    expected_downtime_ms: float
+    downtime_ms: float
+    downtime_parts_ms: dict[str, float]
+    converged: bool
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.transfer.to_json()
+        live = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "transfer"}
+        live["seconds_per_round"] = [round(s, 4) for s in self.seconds_per_round]
+        live["downtime_parts_ms"] = {k: round(v, 2) for k, v in self.downtime_parts_ms.items()}
+        for key in ("rate", "dirty_rate"):
+            live[key] = round(live[key])
+        for key in ("expected_downtime_ms", "downtime_ms"):
+            live[key] = round(live[key], 2)
+        out.update(live)
+        return out

@@ -50,3 +50,43 @@ class TransferSettings:
 def _check_range(what: str, value: int, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise UsageError(f"{what} must be a whole number from {low} to {high}, not {value!r}")
+
+
+# Live migration (engine/live.py). QEMU's default downtime-limit is 300 ms.
+DEFAULT_DOWNTIME_LIMIT_MS = 300
+# Pre-copy rounds before the no-convergence policy decides. Xen's pre-copy gave up after 29
+# iterations (max_iters in xc_domain_save); QEMU iterates without a bound. A writer that has
+# not converged in 30 rounds is dirtying as fast as the link carries, so more rounds only
+# cost time.
+DEFAULT_MAX_ROUNDS = 30
+DIRTY_TRACKERS = ("log", "hash")
+NO_CONVERGENCE_POLICIES = ("switchover", "fail")
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """How a live migration finds dirty pages and decides when to stop the source.
+
+    dirty: "log" (the writer keeps a dirty log beside the region) or "hash" (the workers
+      compare page hashes); see engine/dirty.py.
+    on_no_convergence: after max_rounds rounds that did not fit the downtime limit,
+      "switchover" pauses the source anyway (longer downtime, reported as not converged) and
+      "fail" gives up with NotConverged, leaving the source running.
+    """
+
+    dirty: str = "hash"
+    downtime_limit_ms: int = DEFAULT_DOWNTIME_LIMIT_MS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    on_no_convergence: str = "switchover"
+
+    def __post_init__(self) -> None:
+        _check_choice("dirty tracking", self.dirty, DIRTY_TRACKERS)
+        _check_range("downtime limit (ms)", self.downtime_limit_ms, 1, 3_600_000)
+        _check_range("max rounds", self.max_rounds, 1, 10_000)
+        _check_choice("no-convergence policy", self.on_no_convergence,
+                      NO_CONVERGENCE_POLICIES)
+
+
+def _check_choice(what: str, value: str, known: tuple[str, ...]) -> None:
+    if value not in known:
+        raise UsageError(f"unknown {what} {value!r}; known: {', '.join(known)}")

@@ -1,9 +1,10 @@
 """The source coordinator: the `Sender` API that producers submit pages and device state to.
 
-Producers on any thread call send_range / send_pages / send_device / sync; those calls only
-queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized job to
-the channel with the most free credit (a slow channel is simply given less), broadcasts SYNC
-at the end of a round, and runs the end of the transfer (digest, COMPLETE, verdict).
+Producers on any thread call send_range / send_pages / send_device / sync / scan; those calls
+only queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized
+job to the channel with the most free credit (a slow channel is simply given less),
+broadcasts SYNC at the end of a round, and runs the end of the transfer (digest, COMPLETE,
+verdict).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import zmq
@@ -55,6 +56,12 @@ class _FinishMarker(_Marker):
     devices: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _ScanMarker(_Marker):
+    kind: str = ""
+    requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
 class Sender:
     """Sends one image (and device state) to a Receiver over `settings.channels` channels.
 
@@ -91,6 +98,9 @@ class Sender:
         self._wake_r, self._wake_w = os.pipe()
         self._started = 0.0
         self._closed = False
+        # When the destination's verdict arrived (perf_counter), before our workers stopped:
+        # the end of a live migration's downtime.
+        self.verified_at: float | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -201,6 +211,24 @@ class Sender:
         self._wait(marker)
         return marker.result
 
+    def scan(self, kind: str, requests: Sequence[tuple[int, dict[str, Any]]]
+             ) -> list[dict[str, Any]]:
+        """Have source workers inspect the image through handler `kind` (PayloadHandler.scan).
+
+        Request i is a (channel, spec) pair; it runs on that channel's worker after everything
+        queued before it. Returns the answers in request order. Live migration finds dirty
+        pages this way (engine/dirty.py).
+        """
+        for channel, _ in requests:
+            if not 0 <= channel < self.settings.channels:
+                raise UsageError(f"channel {channel} does not exist")
+        if not requests:
+            return []
+        marker = _ScanMarker(kind=kind, requests=list(requests))
+        self._submit(marker, data=False)
+        self._wait(marker)
+        return marker.result
+
     def finish(self) -> TransferResult:
         """Complete the transfer: final sync, digests, the destination's verdict, stats."""
         if self._unsynced or self._rounds == 0:
@@ -302,6 +330,8 @@ class _Dispatcher:
         self.current: Iterator[tuple] | None = None
         self.round = 0
         self.waiting_sync: dict[int, _SyncMarker] = {}
+        self.scans: dict[int, _ScanMarker] = {}
+        self.next_scan = 0
         self.finishing: _FinishMarker | None = None
         self.hash_plan: dict[int, list[int]] = {}
         self.hashes: dict[int, bytes] = {}
@@ -314,7 +344,8 @@ class _Dispatcher:
 
     def markers(self) -> list[_Marker]:
         """Every marker a caller may be waiting on."""
-        return [*self.waiting_sync.values(), *([self.finishing] if self.finishing else [])]
+        return [*self.waiting_sync.values(), *self.scans.values(),
+                *([self.finishing] if self.finishing else [])]
 
     def run(self) -> None:
         s = self.s
@@ -373,6 +404,8 @@ class _Dispatcher:
             workers.send(channel, msg)
         if self.hash_plan and not self.counters[channel]:
             workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
+        for key, marker in self.scans.items():  # a new worker reports its whole range changed
+            self.send_scans(key, marker, channel)
 
     def dispatch(self) -> None:
         s = self.s
@@ -390,6 +423,8 @@ class _Dispatcher:
                     self.round += 1
                 elif isinstance(item, _FinishMarker):
                     self.start_finish(item)
+                elif isinstance(item, _ScanMarker):
+                    self.start_scan(item)
                 else:
                     self.current = item
                 continue
@@ -412,6 +447,15 @@ class _Dispatcher:
             self.counters[channel] = msg.counters
             if all(self.counters):
                 self.send_complete()
+        elif isinstance(msg, jobs.Scanned):
+            marker = self.scans.get(msg.scan)
+            if marker is None or not 0 <= msg.index < len(marker.result) \
+                    or marker.result[msg.index] is not None:
+                raise ProtocolError(f"source worker {channel} answered a scan it was not given")
+            marker.result[msg.index] = msg.data
+            if None not in marker.result:
+                del self.scans[msg.scan]
+                marker.done.set()
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from source worker {channel}")
 
@@ -430,6 +474,7 @@ class _Dispatcher:
         elif isinstance(msg, Verdict):
             if not msg.ok:
                 raise VerificationFailed(f"destination did not verify: {msg.message}")
+            self.s.verified_at = time.perf_counter()
             self.verdict = msg
         elif isinstance(msg, Fault):
             raise TransferError(f"receiver failed: {msg.message}")
@@ -443,6 +488,19 @@ class _Dispatcher:
         self.s._rounds = round_ + 1
         marker.result = round_
         marker.done.set()
+
+    def start_scan(self, marker: _ScanMarker) -> None:
+        key, self.next_scan = self.next_scan, self.next_scan + 1
+        marker.result = [None] * len(marker.requests)
+        self.scans[key] = marker
+        self.send_scans(key, marker)
+
+    def send_scans(self, key: int, marker: _ScanMarker, only: int | None = None) -> None:
+        """Send the unanswered requests of a scan (those for channel `only`, if given)."""
+        for index, (channel, spec) in enumerate(marker.requests):
+            if marker.result[index] is None and only in (None, channel):
+                self.s._workers.send(channel, jobs.ScanJob(scan=key, index=index,
+                                                           kind=marker.kind, spec=spec))
 
     def start_finish(self, marker: _FinishMarker) -> None:
         self.finishing = marker

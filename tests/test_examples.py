@@ -15,6 +15,7 @@ SMALL_ARGS = {
                          "verified"),
     "rounds.py": (["--size", "4M", "--rounds", "2"], "verified: True"),
     "curve_cost.py": (["--size", "8M", "--runs", "1", "--codecs", "none"], "CURVE/plain"),
+    "live_guest.py": (["--size", "8M", "--rate", "16M", "--json"], '"identical": true'),
 }
 
 

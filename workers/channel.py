@@ -7,7 +7,8 @@ not acknowledged.
 A destination channel validates everything that arrives on its socket, hands packet bodies to
 handlers, acknowledges them, and parks at each SYNC until its coordinator releases it. A
 packet re-sent after a reconnect that was already applied is acknowledged again and dropped.
-Both hash segments of their image on request, for the end-of-transfer digest.
+Both hash segments of their image on request, for the end-of-transfer digest; a source
+channel also runs a handler's scan on request and forwards its answer unread.
 """
 from __future__ import annotations
 
@@ -121,6 +122,9 @@ class SourceChannel(ChannelLoop):
         elif isinstance(msg, jobs.SyncJob):
             self.data.send(encode(Sync(session=self.session, channel=self.channel,
                                        round=msg.round)))
+        elif isinstance(msg, jobs.ScanJob):
+            answer = self.handlers[msg.kind].scan(msg.spec)
+            self.tell(jobs.Scanned(scan=msg.scan, index=msg.index, data=answer))
         else:
             super().on_control(msg)
 

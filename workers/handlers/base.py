@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from engine.errors import ProtocolError
 from engine.settings import TransferSettings
 
 
@@ -49,8 +50,8 @@ class PayloadHandler(ABC):
     Contract:
     - `encode(spec)` runs on the source: it turns a job descriptor into an Encoded packet.
       It reads its bytes from the context (mapping, files); it may block on disk reads only.
-      Frames may be views of the mapped image: the caller sends them before the image changes
-      or is closed.
+      Frames must not change after encode returns (the checksum covers them, and ZeroMQ
+      sends them later): never views of a source that may be written meanwhile.
     - `apply(body, frames)` runs on the destination after the header and checksum were
       checked. It validates every body field against the context before touching anything,
       raises ProtocolError/CorruptPayload on bad input (having written nothing outside the
@@ -71,6 +72,17 @@ class PayloadHandler(ABC):
     @abstractmethod
     def apply(self, body: dict[str, Any], frames: list[Any]) -> dict[str, Any] | None:
         ...
+
+    def scan(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Inspect the source between packets and answer the coordinator (source side only).
+
+        The RAM handler hashes a range of pages here to find the pages that changed since
+        the previous scan of the same range (live migration, engine/dirty.py). A handler may
+        keep state between scans; the coordinator sends a given spec to the same worker each
+        time. The answer must be small (it travels as one IPC message, well under 256 KiB).
+        Handlers that cannot scan refuse with ProtocolError.
+        """
+        raise ProtocolError(f"the {self.kind!r} handler cannot scan")
 
     def max_payload(self) -> int:
         """The largest payload one packet of this kind may carry, for the channel's check."""

@@ -2,15 +2,20 @@
 
 On the source, zero pages are found with one vectorised numpy pass over the packet's pages
 (a uint64 view, any() per row): the bytes are touched only by C code. Non-zero pages travel
-as zero-copy views of the mapped image when the codec is "none", or as one compressed frame.
+as one frame: a copy of them when the codec is "none", else compressed. Not views of the
+mapping: the checksum must cover exactly the bytes that go on the wire, and a live source
+keeps changing until ZeroMQ has sent them.
 On the destination, a zero page is written only over a page that was written before (a fresh
 destination starts zeroed), which keeps the destination sparse.
+For live migration without a cooperating writer, `scan` hashes a range of source pages (xxh3-64
+each) and answers which changed since its previous scan of that range.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from engine.errors import ProtocolError
 from engine.settings import PAGE_SIZE
@@ -34,6 +39,7 @@ class RamHandler(PayloadHandler):
         self.words = (np.frombuffer(context.image, dtype=np.uint64,
                                     count=self.full_pages * _WORDS).reshape(-1, _WORDS)
                       if context.image is not None else None)
+        self.scanned: dict[tuple[int, int], np.ndarray] = {}  # page hashes by (start, count)
 
     # -- source ---------------------------------------------------------------------------
 
@@ -44,8 +50,10 @@ class RamHandler(PayloadHandler):
                   for (start, _), run_flags in zip(runs, flags)
                   for first, end in _stretches(run_flags)]
         raw = sum(len(s) for s in slices)
-        if self.codec.name == "none" or raw == 0:
-            frames = slices
+        if raw == 0:
+            frames = []
+        elif self.codec.name == "none":
+            frames = [b"".join(slices)]
         else:
             frames = [self.codec.compress(slices[0] if len(slices) == 1 else b"".join(slices))]
         nonzero = np.concatenate(flags)
@@ -68,6 +76,28 @@ class RamHandler(PayloadHandler):
 
     def _span(self, first_page: int, end_page: int) -> memoryview:
         return self.view[first_page * PAGE_SIZE:min(end_page * PAGE_SIZE, self.context.image_size)]
+
+    def scan(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Hash pages [start, start + count); answer which differ from this range's last scan.
+
+        The answer is a bitmap (1 bit per page, packed), so it is small and of known size;
+        the first scan of a range reports every page. Memory: 8 bytes per scanned page.
+        """
+        start, count = spec.get("start"), spec.get("count")
+        if not (isinstance(start, int) and isinstance(count, int)
+                and 0 <= start and 0 < count and start + count <= self.pages):
+            raise ProtocolError(f"scan of pages {start}+{count} outside the image of "
+                                f"{self.pages} pages")
+        # One C call per page; measured ~0.35 us per 4 KiB page (about 12 GB/s), close to
+        # hashing the whole range at once, so the Python loop is not what limits the scan.
+        offsets = range(start * PAGE_SIZE, (start + count) * PAGE_SIZE, PAGE_SIZE)
+        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest,
+                                 (self.view[o:o + PAGE_SIZE] for o in offsets)),
+                             dtype=np.uint64, count=count)
+        previous = self.scanned.get((start, count))
+        self.scanned[(start, count)] = hashes
+        changed = np.ones(count, bool) if previous is None else hashes != previous
+        return {"start": start, "count": count, "changed": np.packbits(changed).tobytes()}
 
     # -- destination ----------------------------------------------------------------------
 
