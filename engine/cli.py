@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sender_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted transfer: send only what DEST.partial lacks "
+                   "(its DEST.journal says what that is)")
     p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
                    help=f"parallel channels (default {DEFAULT_CHANNELS})")
     p.add_argument("--compress", default="none", metavar="CODEC",
@@ -235,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
             result = receiver.run()
     elif (live := live_from(args)) is not None:
+        if args.resume:
+            raise UsageError("--resume continues a one-pass transfer; it does not apply to --live")
         result = run_live_command(args, live)
     else:
         settings = settings_from(args)
@@ -245,9 +250,10 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "migrate":
                 result = migrate(args.src, args.dest, settings, devices=devices,
                                  device_dir=args.device_dir, force=args.force, progress=tick,
-                                 curve=args.curve)
+                                 curve=args.curve, resume=args.resume)
             else:
-                with Sender(args.src, args.to, settings, progress=tick, keys=keys) as sender:
+                with Sender(args.src, args.to, settings, progress=tick, keys=keys,
+                            resume=args.resume) as sender:
                     sender.send_range()
                     for name, path in devices.items():
                         sender.send_device(name, path)
@@ -274,7 +280,7 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
         return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
                             resume=source.resume, devices=devices, device_dir=args.device_dir,
                             force=args.force, on_round=on_round)
-    with Sender(args.src, args.to, settings) as sender:
+    with Sender(args.src, args.to, settings, keys=sender_keys(args)) as sender:
         return run_live(sender, live, pause=source.pause, resume=source.resume, devices=devices,
                         on_round=on_round)
 

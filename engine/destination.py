@@ -12,10 +12,13 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import zmq
+import zstandard
 
 from engine import digest, jobs
 from engine.jobs import WorkerConfig
@@ -27,12 +30,13 @@ from engine.errors import EngineError, PeerLost, ProtocolError, TransferError, U
     VerificationFailed
 from engine.framing import decode
 from engine.image import check_destination, create_partial, parse_location
+from engine.journal import Journal
 from engine.processes import ChannelLost, Recovery, WorkerGroup
 from engine.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict, Welcome,
                              check_hello)
 from engine.result import TransferResult, per_channel, total
 from engine.security import ServerKeys
-from engine.settings import PAGE_SIZE
+
 
 
 class Receiver:
@@ -85,6 +89,7 @@ class Receiver:
         self._workers: WorkerGroup | None = None
         self._temporary: list[Path] = []  # removed at the end, whatever happens
         self._partial: Path | None = None
+        self._journal: Journal | None = None
         self._assembler: DeviceAssembler | None = None
         self._new_device_dir: Path | None = None
 
@@ -118,8 +123,10 @@ class Receiver:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        if self._partial is not None and self.location.shared_memory:
-            self._partial.unlink(missing_ok=True)
+        if self.location.shared_memory:  # memory is not kept for a resume that may not come
+            for path in (self._partial, self._journal and self._journal.path):
+                if path is not None:
+                    path.unlink(missing_ok=True)
         if self._assembler is not None:
             self._assembler.discard()
         if self._new_device_dir is not None and not any(self._new_device_dir.iterdir()):
@@ -152,27 +159,49 @@ class Receiver:
         started = time.perf_counter()
         settings = check_hello(hello)
         size = hello.image_size
-        self._partial = partial = create_partial(self.location, size)
-        written = self._written_map(hello.session, size)
+        journal_path = self.location.journal_path
+        if hello.resume:
+            partial = self.location.partial_path
+            if self.on_device is not None or not partial.is_file() \
+                    or partial.stat().st_size != size:
+                raise ProtocolError(f"nothing to resume at {self.location.text}: no "
+                                    f"{partial.name} of {size} bytes (or devices go to a "
+                                    "callback, which cannot resume)")
+            journal = Journal.resume(journal_path, size, settings.chunk_size)
+        else:
+            partial = create_partial(self.location, size)
+            journal = Journal.create(journal_path, size, settings.chunk_size)
+        self._partial, self._journal = partial, journal
         staging = self._staging_dir()
         sink = CallbackSink(self.on_device) if self.on_device else DirectorySink(staging,
                                                                                  self.force)
         self._assembler = assembler = DeviceAssembler(staging, settings.chunk_size, sink)
+        welcome = Welcome(session=hello.session, ports=[])
+        if hello.resume:
+            for chunk in journal.chunks():
+                assembler.add(**chunk)
+            missing = np.zeros(journal.pages, dtype=bool)
+            missing[journal.missing_pages()] = True
+            welcome = Welcome(session=hello.session, ports=[],
+                              missing=zstandard.compress(np.packbits(missing).tobytes()),
+                              chunks=assembler.received())
         template = WorkerConfig(
             side="destination", channel=0, control="", coordinator_pid=os.getpid(),
             session=hello.session, settings=settings, image_path=str(partial), image_size=size,
             handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
-            written_path=str(written) if written else None, device_dir=str(staging),
+            journal_path=str(journal_path), device_dir=str(staging),
             keys=self.keys, data_ports=self.data_ports)
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
         ports = [int(bound.endpoint.rsplit(":", 1)[1])
                  for _, bound in sorted(workers.gather(jobs.Bound).items())]
-        link.send(Welcome(session=hello.session, ports=ports))
-        transfer = _Transfer(link, workers, assembler, size, ports)
+        link.send(replace(welcome, ports=ports))
+        transfer = _Transfer(link, workers, assembler, journal, size, ports)
         complete, image_digest = transfer.run()
         os.replace(partial, self.location.path)
         self._partial = None
         assembler.commit()
+        journal.path.unlink()
+        self._journal = None
         link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes()))
         stats = transfer.counters
         workers.close()
@@ -182,18 +211,6 @@ class Receiver:
             zero_pages=total(stats, "zero_pages"), channels=settings.channels,
             compress=settings.compress, rounds=complete.rounds, digest=image_digest,
             devices=assembler.sizes(), per_channel=per_channel(stats))
-
-    def _written_map(self, session: bytes, size: int) -> Path | None:
-        """One byte per page, shared by the workers: which pages hold data (see ram.py)."""
-        pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
-        if not pages:
-            return None
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-        path = Path(folder) / f"multifd-{session.hex()}.written"
-        with open(path, "wb") as f:
-            f.truncate(pages)
-        self._temporary.append(path)
-        return path
 
     def _staging_dir(self) -> Path:
         """Where device chunks land: the device folder itself (as hidden .NAME.partial files),
@@ -219,10 +236,11 @@ class _Transfer:
     """One transfer in progress on the destination: barrier, devices, recovery, digest."""
 
     def __init__(self, link: ControlLink, workers: WorkerGroup, assembler: DeviceAssembler,
-                 size: int, ports: list[int]) -> None:
+                 journal: Journal, size: int, ports: list[int]) -> None:
         self.link = link
         self.workers = workers
         self.assembler = assembler
+        self.journal = journal
         self.size = size
         self.ports = ports
         self.barrier = SyncBarrier(len(ports))
@@ -269,7 +287,8 @@ class _Transfer:
                 self.link.released = self.barrier.round
                 self.link.send(Synced(round=msg.round))
         elif isinstance(msg, jobs.Notice) and msg.kind == "device":
-            self.assembler.add(**msg.data)
+            if self.assembler.add(**msg.data):
+                self.journal.record_chunk(msg.data)
         elif isinstance(msg, jobs.Hashed):
             self.hashes.update(zip(msg.segments, msg.digests))
             self.counters[channel] = msg.counters

@@ -58,7 +58,7 @@ class CallbackSink:
 
 @dataclass
 class _Device:
-    received: set[int] = field(default_factory=set)
+    received: dict[int, int] = field(default_factory=dict)  # chunk index -> its size
     loaded: int = 0  # chunks handed to the sink so far, in order
     last: int | None = None  # index of the last chunk, once seen
     size: int = 0
@@ -71,20 +71,29 @@ class DeviceAssembler:
         self.sink = sink
         self.devices: dict[str, _Device] = {}
 
-    def add(self, name: str, instance: int, index: int, last: bool, size: int) -> None:
+    def add(self, name: str, instance: int, index: int, last: bool, size: int) -> bool:
+        """Record a chunk that landed; False if it had landed before (re-sent after a
+        reconnect: same place, same bytes, nothing to do)."""
         key = device_key(name, instance)
         device = self.devices.setdefault(key, _Device())
         if index in device.received:
-            raise ProtocolError(f"device {key}: chunk {index} arrived twice")
+            if device.received[index] != size or (last and device.last != index):
+                raise ProtocolError(f"device {key}: chunk {index} arrived twice, differently")
+            return False
         if device.last is not None and (index > device.last or last):
             raise ProtocolError(f"device {key}: chunk {index} after its last chunk")
         if last:
             if device.received and max(device.received) > index:
                 raise ProtocolError(f"device {key}: last chunk {index} is not the highest")
             device.last = index
-        device.received.add(index)
+        device.received[index] = size
         device.size += size
         self._load_ready(key, device)
+        return True
+
+    def received(self) -> dict[str, list[int]]:
+        """The chunks each device has so far (what a resumed transfer need not send)."""
+        return {key: sorted(device.received) for key, device in self.devices.items()}
 
     def _load_ready(self, key: str, device: _Device) -> None:
         path = staging_path(self.staging_dir, key)

@@ -32,6 +32,11 @@ class Location:
     def partial_path(self) -> Path:
         return self.path.with_name(self.path.name + PARTIAL_SUFFIX)
 
+    @property
+    def journal_path(self) -> Path:
+        """What has arrived in NAME.partial, for resuming (engine/journal.py)."""
+        return self.path.with_name(self.path.name + ".journal")
+
 
 def parse_location(text: str) -> Location:
     if text.startswith("shm:"):
@@ -82,14 +87,16 @@ def create_partial(location: Location, size: int) -> Path:
     return path
 
 
-def map_file(path: str | os.PathLike, writable: bool) -> mmap.mmap | None:
-    """Map a whole file (None for an empty one: mmap cannot map zero bytes)."""
+def map_file(path: str | os.PathLike, writable: bool, offset: int = 0,
+             length: int | None = None) -> mmap.mmap | None:
+    """Map a file from `offset` (page aligned) for `length` bytes (default: to its end);
+    None when that is empty (mmap cannot map zero bytes)."""
     fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
+        size = os.fstat(fd).st_size - offset if length is None else length
+        if size <= 0:
             return None
         access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-        return mmap.mmap(fd, size, access=access)
+        return mmap.mmap(fd, size, access=access, offset=offset)
     finally:
         os.close(fd)

@@ -141,7 +141,7 @@ class WorkerConfig:
     listen_port: int = 0  # a replacement destination worker binds its predecessor's port
     round: int = 0  # the round a replacement destination worker joins in
     fresh: bool = True
-    written_path: str | None = None
+    journal_path: str | None = None  # destination: the page states live in its journal
     device_dir: str | None = None
     keys: ServerKeys | ClientKeys | None = None  # CURVE; None: plain TCP
     data_ports: int = 0  # destination: channel i binds data_ports + i; 0: any free port

@@ -42,10 +42,9 @@ Devices = Mapping[str, bytes | str | os.PathLike]
 DOWNTIME_PARTS = ("pause", "look", "copy", "verify")
 # Verification, in page-hash passes over the image: it hashes the image on both ends, each
 # slower than a page-hash pass. Measured (examples/live_guest.py, docs/live.md): 0.9-1.6
-# passes for 256 MiB, 3.3-4.5 for 1 GiB, growing with the size because digest.hash_segment's
-# SEEK_HOLE walks dense tmpfs files to their end. Erring high costs a round; erring low
-# breaks the limit. Revisit (about 2) once the digest seeks in linear time.
-VERIFY_PASSES = 4
+# passes for 256 MiB; 3.3-4.5 for 1 GiB while digest.hash_segment's extent lookups were
+# quadratic (fixed: digest.Extents). Erring high costs a round; erring low breaks the limit.
+VERIFY_PASSES = 2
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
             devices: Mapping[str, bytes | str | os.PathLike] | None = None,
             device_dir: str | os.PathLike | None = None, force: bool = False,
             progress: Callable[[int], None] | None = None,
-            curve: bool = False) -> TransferResult:
+            curve: bool = False, resume: bool = False) -> TransferResult:
     """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified.
+    `resume` continues an interrupted copy into the same destination (see engine/journal.py).
 
     Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
     to measure its cost or to keep other local users from reading the image off the wire."""
@@ -37,13 +38,15 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
             sender.send_device(name, state)
         return sender.finish()
 
-    return run_locally(source, destination, copy, settings, device_dir, force, progress, curve)
+    return run_locally(source, destination, copy, settings, device_dir, force, progress, curve,
+                       resume)
 
 
 def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
                 settings: TransferSettings = TransferSettings(),
                 device_dir: str | os.PathLike | None = None, force: bool = False,
-                progress: Callable[[int], None] | None = None, curve: bool = False) -> R:
+                progress: Callable[[int], None] | None = None, curve: bool = False,
+                resume: bool = False) -> R:
     """Serve `destination` on a loopback receiver thread while `transfer(sender)` sends to it.
 
     `transfer` drives the started Sender (rounds, devices, finish) and returns its result;
@@ -63,7 +66,7 @@ def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
     thread = threading.Thread(target=serve, name="multifd-receiver", daemon=True)
     try:
         sender = Sender(source, str(receiver.endpoint), settings, progress=progress,
-                        keys=client_keys)
+                        keys=client_keys, resume=resume)
         thread.start()
         with sender:
             result = transfer(sender)

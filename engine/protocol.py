@@ -55,10 +55,14 @@ class Hello:
 
 @message("welcome")
 class Welcome:
-    """The destination's data ports, one per channel, on the host the source dialled."""
+    """The destination's data ports, one per channel, on the host the source dialled.
+    When resuming: the pages still missing (zstd of a packed bit per page) and, per device,
+    the chunks already there."""
 
     session: bytes
     ports: list[int]
+    missing: bytes = b""
+    chunks: dict[str, list[int]] | None = None
 
 
 @message("synced")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import zmq
+import zstandard
 
 from engine import digest, jobs
 from engine.jobs import WorkerConfig
@@ -73,8 +74,12 @@ class Sender:
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
                  progress: Callable[[int], None] | None = None,
-                 keys: ClientKeys | None = None) -> None:
+                 keys: ClientKeys | None = None, resume: bool = False) -> None:
         self.location = parse_location(source)
+        # Resuming: the receiver says what it has (pages, device chunks); sends skip that.
+        self.resume = resume
+        self._missing: np.ndarray | None = None
+        self._chunks_present: dict[str, list[int]] = {}
         self.image_size = source_size(self.location)
         self.endpoint = to
         self.settings = settings
@@ -137,8 +142,10 @@ class Sender:
         self._control = ControlLink.dial(self._zmq, self.endpoint, self.keys,
                                          HANDSHAKE_TIMEOUT_S, routing_id=self.session)
         self._control.send(new_hello(self.session, self.image_size, self.settings,
-                                     ["ram", "device"]))
+                                     ["ram", "device"], resume=self.resume))
         welcome = self._control.expect(Welcome, HANDSHAKE_TIMEOUT_S)
+        if self.resume:
+            self._take_inventory(welcome)
         if welcome.session != self.session or len(welcome.ports) != self.settings.channels:
             raise ProtocolError("receiver's WELCOME does not match our HELLO")
         self._workers.gather(jobs.Ready)
@@ -176,12 +183,17 @@ class Sender:
     # -- submission (any thread) ----------------------------------------------------------
 
     def send_range(self, start: int = 0, count: int | None = None) -> None:
-        """Queue pages [start, start + count) (default: the whole image) for this round."""
+        """Queue pages [start, start + count) (default: the whole image) for this round;
+        when resuming, only those the receiver does not have yet."""
         count = self.pages - start if count is None else count
         if start < 0 or count < 0 or start + count > self.pages:
             raise UsageError(f"pages [{start}, {start + count}) are outside the image of "
                              f"{self.pages} pages")
-        self._submit(self._ram_jobs(range_packets(start, count, self.settings.packet_pages)))
+        if self._missing is not None:
+            wanted = np.flatnonzero(self._missing[start:start + count]) + start
+            self._submit(self._ram_jobs(list_packets(wanted, self.settings.packet_pages)))
+        else:
+            self._submit(self._ram_jobs(range_packets(start, count, self.settings.packet_pages)))
 
     def send_pages(self, pages: Iterable[int] | np.ndarray) -> None:
         """Queue a set of page indices (any order, duplicates ignored) for this round."""
@@ -252,8 +264,24 @@ class Sender:
         for runs in packets:
             yield "ram", {"runs": runs}, runs_bytes(runs, self.image_size)
 
+    def _take_inventory(self, welcome: Welcome) -> None:
+        """What a resumed receiver already has: a zstd'ed bit per page, chunks per device."""
+        try:
+            bits = zstandard.ZstdDecompressor().decompress(welcome.missing,
+                                                           max_output_size=self.pages // 8 + 1)
+        except zstandard.ZstdError:
+            raise ProtocolError("receiver's list of missing pages does not decode") from None
+        if len(bits) != (self.pages + 7) // 8:
+            raise ProtocolError("receiver's list of missing pages has the wrong length")
+        self._missing = np.unpackbits(np.frombuffer(bits, np.uint8), count=self.pages) \
+            .astype(bool)
+        self._chunks_present = welcome.chunks or {}
+
     def _device_jobs(self, name: str, instance: int, path: Path, size: int) -> Iterator[tuple]:
+        present = set(self._chunks_present.get(device_key(name, instance), ()))
         for index, offset, length, last in chunk_spans(size, self.settings.chunk_size):
+            if index in present:
+                continue
             yield "device", {"name": name, "instance": instance, "index": index, "last": last,
                              "path": str(path), "offset": offset, "length": length}, 0
 

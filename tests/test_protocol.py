@@ -207,6 +207,9 @@ def test_decode_refuses_fields_mixing_text_and_binary_names():
 def _wrong_values(hint: Any) -> list[Any]:
     """Values a sloppy or hostile peer might put where `hint` is declared."""
     origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:  # optional: None is allowed
+        arm = next(a for a in typing.get_args(hint) if a is not type(None))
+        return [w for w in _wrong_values(arm) if w is not None]
     if origin is list:
         (item,) = typing.get_args(hint)
         return ["not a list", {"k": 1}] + [[w] for w in _wrong_values(item)[:2]]

@@ -229,3 +229,38 @@ def test_a_destination_that_stops_reading_stalls_the_sender_with_bounded_memory(
     (sent, _, err), (received, _, _) = finish(sender, receiver)
     assert sent == 0 and received == 0, err
     assert filecmp.cmp(src, tmp_path / "dst", shallow=False)
+
+
+@pytest.mark.parametrize("interrupted", ["sender", "receiver"])
+def test_an_interrupted_transfer_resumes_with_only_what_is_missing(random_image, tmp_path,
+                                                                   interrupted):
+    device = tmp_path / "state.bin"
+    device.write_bytes(os.urandom(3 * MiB + 5))
+    receiver, endpoint = start_receiver(tmp_path / "dst", "--device-dir", str(tmp_path))
+    sender = start_sender(random_image, endpoint, *SLOW, "--device", f"nic={device}")
+    wait_for_progress(tmp_path / "dst.partial", 48 * MiB)
+    (sender if interrupted == "sender" else receiver).send_signal(signal.SIGINT)
+    finish(sender, receiver, timeout=30)
+    assert (tmp_path / "dst.partial").exists() and (tmp_path / "dst.journal").exists()
+    assert not (tmp_path / "dst").exists()
+
+    receiver, endpoint = start_receiver(tmp_path / "dst", "--device-dir", str(tmp_path))
+    sender = start_sender(random_image, endpoint, "--resume", "--compress", "none",
+                          "--device", f"nic={device}")
+    (sent, out, err), (received, _, rerr) = finish(sender, receiver)
+    assert sent == 0 and received == 0, err + rerr
+    summary = last_json(out)
+    assert summary["normal_pages"] * 4096 < random_image.stat().st_size - 40 * MiB, \
+        "resume sent pages the destination already had"
+    assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)
+    assert (tmp_path / "nic").read_bytes() == device.read_bytes()
+    assert not (tmp_path / "dst.journal").exists() and not (tmp_path / "dst.partial").exists()
+
+
+def test_resume_without_an_earlier_transfer_fails_clearly(image, tmp_path):
+    src = image(MiB)
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(src, endpoint, "--resume")
+    (sent, _, err), (received, _, rerr) = finish(sender, receiver)
+    assert sent == 1 and received == 1
+    assert "nothing to resume" in err and "Traceback" not in err + rerr

@@ -88,7 +88,8 @@ class ChannelLoop:
         if isinstance(msg, jobs.HashJob):
             fd = os.open(self.image_path, os.O_RDONLY)
             try:
-                digests = [digest.hash_segment(self.image, fd, i) for i in msg.segments]
+                extents = digest.Extents(fd)
+                digests = [digest.hash_segment(self.image, extents, i) for i in msg.segments]
             finally:
                 os.close(fd)
             counters = dict(self.counters)

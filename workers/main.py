@@ -19,6 +19,8 @@ from engine.jobs import WorkerConfig
 from engine.errors import EngineError, UsageError
 from engine.framing import MAX_HEADER_BYTES, encode
 from engine.image import map_file
+from engine.journal import HEADER_BYTES
+from engine.settings import PAGE_SIZE
 from workers.channel import DestinationChannel, SourceChannel
 from workers.handlers import HANDLERS, HandlerContext
 
@@ -37,9 +39,11 @@ def run_worker(config: WorkerConfig) -> None:
         destination = config.side == "destination"
         image = map_file(config.image_path, writable=destination) if config.image_size else None
         written = None
-        if config.written_path:
-            written_map = map_file(config.written_path, writable=True)
-            written = np.frombuffer(written_map, dtype=np.uint8) if written_map else None
+        if config.journal_path and config.image_size:
+            pages = (config.image_size + PAGE_SIZE - 1) // PAGE_SIZE
+            page_map = map_file(config.journal_path, writable=True, offset=HEADER_BYTES,
+                                length=pages)
+            written = np.frombuffer(page_map, dtype=np.uint8)
         handler_context = HandlerContext(
             settings=config.settings, image_size=config.image_size, image=image,
             fresh=config.fresh, written=written,

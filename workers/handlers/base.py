@@ -32,7 +32,7 @@ class HandlerContext:
     image_size: int
     image: Any = None
     fresh: bool = True
-    written: np.ndarray | None = None
+    written: np.ndarray | None = None  # destination: page states, see engine/journal.py
     device_dir: Path | None = None
 
 

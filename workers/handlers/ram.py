@@ -18,6 +18,7 @@ import numpy as np
 import xxhash
 
 from engine.errors import ProtocolError
+from engine.journal import APPLIED, HOLDS_DATA
 from engine.settings import PAGE_SIZE
 from workers.codecs import make_codec
 from workers.handlers.base import Encoded, HandlerContext, PayloadHandler
@@ -126,10 +127,13 @@ class RamHandler(PayloadHandler):
             frames = [self.codec.decompress(frames[0], raw)]
         targets = [(first * PAGE_SIZE, min(end * PAGE_SIZE, self.context.image_size))
                    for first, end in _page_stretches(normal)]
+        written = self.context.written
+        if written is not None:  # before the copy: a copy cut short still counts as data
+            written[normal] |= HOLDS_DATA
         _scatter(frames, targets, self.view)
         self._zero(pages[zero])
-        if self.context.written is not None:
-            self.context.written[normal] = 1
+        if written is not None:
+            written[normal] = HOLDS_DATA | APPLIED
         self._count(len(normal), len(pages) - len(normal), raw)
 
     def _check_body(self, body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,17 +164,21 @@ class RamHandler(PayloadHandler):
         return pages, flags
 
     def _zero(self, pages: np.ndarray) -> None:
+        """Zero pages: written only where the page may hold data (a fresh destination's other
+        pages are holes, already zero, and stay unallocated)."""
         if not len(pages):
             return
         written = self.context.written
+        targets = pages
         if self.context.fresh and written is not None:
-            pages = pages[written[pages] != 0]
-            written[pages] = 0
-        full = pages[pages < self.full_pages]
+            targets = pages[(written[pages] & HOLDS_DATA) != 0]
+        full = targets[targets < self.full_pages]
         if len(full):
             self.words[full] = 0
-        if len(full) < len(pages):
+        if len(full) < len(targets):
             self.view[self.full_pages * PAGE_SIZE:] = bytes(self.tail)
+        if written is not None:
+            written[pages] = APPLIED
 
 
 def _stretches(flags: np.ndarray) -> list[tuple[int, int]]:

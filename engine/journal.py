@@ -1,0 +1,82 @@
+"""The destination's journal: what has arrived, kept beside the image so a transfer can resume.
+
+DEST.journal holds a header (what transfer it belongs to), one state byte per page, shared
+by the destination workers through a mapping, and after them an append-only list of the
+device chunks that landed. A page's state has two bits:
+- HOLDS_DATA, set *before* a page's bytes are copied in: the page may be non-zero, so a
+  later zero page must really be written (a page never marked is still a hole: zero);
+- APPLIED, set *after* the copy completed: the page need not be sent again on resume.
+A worker killed in the middle of a copy leaves HOLDS_DATA without APPLIED: the page is sent
+again, and zeroed properly if it became a zero page.
+The journal survives a failed or interrupted transfer (it is the "incomplete" mark next to
+DEST.partial) and is removed once the destination verified.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from engine.errors import ProtocolError
+from engine.settings import PAGE_SIZE
+
+HOLDS_DATA = 1
+APPLIED = 2
+MAGIC = "multifd-engine journal"
+VERSION = 1
+HEADER_BYTES = 4096  # the page map starts here; mmap offsets must be page aligned
+
+
+class Journal:
+    def __init__(self, path: Path, image_size: int, chunk_size: int, create: bool) -> None:
+        self.path = path
+        self.pages = (image_size + PAGE_SIZE - 1) // PAGE_SIZE
+        self.records_at = HEADER_BYTES + self.pages
+        header = {"magic": MAGIC, "version": VERSION, "image_size": image_size,
+                  "chunk_size": chunk_size}
+        if create:
+            with open(path, "wb") as f:
+                f.write(msgpack.packb(header))
+                f.truncate(self.records_at)
+        else:
+            self._check(header)
+
+    @classmethod
+    def create(cls, path: Path, image_size: int, chunk_size: int) -> "Journal":
+        return cls(path, image_size, chunk_size, create=True)
+
+    @classmethod
+    def resume(cls, path: Path, image_size: int, chunk_size: int) -> "Journal":
+        """The journal of an earlier, unfinished transfer of the same shape."""
+        return cls(path, image_size, chunk_size, create=False)
+
+    def _check(self, expected: dict) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                header = msgpack.Unpacker(f, max_buffer_size=HEADER_BYTES).unpack()
+            size = os.path.getsize(self.path)
+        except (OSError, ValueError, msgpack.OutOfData) as exc:
+            raise ProtocolError(f"nothing to resume: {self.path} is missing or unreadable "
+                                f"({type(exc).__name__})") from None
+        if header != expected or size < self.records_at:
+            raise ProtocolError(f"nothing to resume: {self.path} belongs to another transfer "
+                                f"(image size or chunk size differ)")
+
+    def missing_pages(self) -> np.ndarray:
+        """Pages not applied yet (all of them in a new journal)."""
+        states = np.fromfile(self.path, dtype=np.uint8, count=self.pages, offset=HEADER_BYTES)
+        return np.flatnonzero((states & APPLIED) == 0)
+
+    def record_chunk(self, chunk: dict) -> None:
+        """Note a device chunk that has landed in its staging file (the device handler's
+        notice: name, instance, index, last, size). Appended; a record cut short by a crash
+        is simply not read back."""
+        with open(self.path, "ab") as f:
+            f.write(msgpack.packb(chunk))
+
+    def chunks(self) -> list[dict]:
+        with open(self.path, "rb") as f:
+            f.seek(self.records_at)
+            return [record for record in msgpack.Unpacker(f) if isinstance(record, dict)]
