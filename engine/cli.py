@@ -215,7 +215,7 @@ def sender_keys(args: argparse.Namespace) -> ClientKeys | None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.destination import Receiver
-    from engine.image import parse_location, source_size
+    from engine.image import check_destination, parse_location, source_size
     from engine.local import migrate
     from engine.progress import progress_bar
     from engine.report import json_line, print_summary
@@ -246,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         devices = devices_from(args.device)
         keys = sender_keys(args) if args.command == "send" else None
         size = source_size(parse_location(args.src))
+        if args.command == "migrate":
+            check_destination(parse_location(args.dest), args.force, size)
         with progress_bar(size, "migrating" if args.command == "migrate" else "sending") as tick:
             if args.command == "migrate":
                 result = migrate(args.src, args.dest, settings, devices=devices,

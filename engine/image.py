@@ -63,8 +63,9 @@ def source_size(location: Location) -> int:
     return st.st_size
 
 
-def check_destination(location: Location, force: bool) -> None:
-    """Refuse a destination we could not create, or would overwrite without --force."""
+def check_destination(location: Location, force: bool, size: int | None = None) -> None:
+    """Refuse a destination we could not create, or would overwrite without --force
+    (naming the size mismatch, when the source's `size` is known)."""
     parent = location.path.parent
     if not parent.is_dir():
         raise UsageError(f"destination folder {parent} does not exist")
@@ -73,6 +74,10 @@ def check_destination(location: Location, force: bool) -> None:
     if location.path.is_dir():
         raise UsageError(f"destination {location.text} is a directory")
     if location.path.exists() and not force:
+        existing = location.path.stat().st_size
+        if size is not None and existing != size:
+            raise UsageError(f"destination {location.text} exists with {existing} bytes, the "
+                             f"source has {size}; pass --force to replace it")
         raise UsageError(f"destination {location.text} exists; pass --force to replace it")
 
 

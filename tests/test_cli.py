@@ -103,6 +103,7 @@ def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
     (["migrate", "{src}", "{dst}", "--channels", "0"], "channels must be"),
     (["migrate", "{src}", "{dst}", "--channels", "1000"], "channels must be"),
     (["migrate", "{src}", "{src}"], "exists; pass --force"),
+    (["migrate", "{src}", "{other}"], "exists with 100 bytes, the source has 8192"),
     (["migrate", "{src}", "{tmp}/nofolder/dst"], "does not exist"),
     (["migrate", "{src}", "{dst}", "--device", "nopath"], "NAME=PATH"),
     (["migrate", "{src}", "{dst}", "--device", "a={missing}"], "not a readable file"),
@@ -113,7 +114,10 @@ def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
 ])
 def test_bad_usage_is_one_line_and_exit_code_2(image, tmp_path, args, message):
     src = image(8192)
-    names = {"src": src, "dst": tmp_path / "dst", "tmp": tmp_path, "missing": tmp_path / "nope"}
+    other = tmp_path / "other"
+    other.write_bytes(bytes(100))
+    names = {"src": src, "dst": tmp_path / "dst", "tmp": tmp_path, "missing": tmp_path / "nope",
+             "other": other}
     assert_usage_error(multifd(*[a.format(**names) for a in args]), message)
     assert not (tmp_path / "dst").exists()
 
