@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 
 class TcpProxy:
@@ -96,3 +100,26 @@ def free_port_run(count: int, hosts: tuple[str, ...]) -> int:
             for probe in probes:
                 probe.close()
     raise RuntimeError("no run of free ports found")
+
+
+@contextmanager
+def receiver_behind_proxy(dest: Path, host: str, channels: int, *extra: str
+                          ) -> Iterator[tuple[subprocess.Popen, TcpProxy, str, range]]:
+    """A `receive` process on `host` with pinned data ports, and a proxy on 127.0.0.1 that
+    forwards its control port and the same data port numbers (the sender dials the data ports
+    on the host it dialled for control). Yields (receiver, proxy, endpoint to dial, data ports).
+    """
+    from test_cli import start_receiver
+    base = free_port_run(channels, ("127.0.0.1", host))
+    ports = range(base, base + channels)
+    receiver, endpoint = start_receiver(dest, "--data-ports", str(base), *extra,
+                                        listen=f"tcp://{host}:0")
+    proxy = TcpProxy()
+    try:
+        control = proxy.forward(0, (host, int(endpoint.rsplit(":", 1)[1])))
+        for port in ports:
+            proxy.forward(port, (host, port))
+        yield receiver, proxy, f"tcp://127.0.0.1:{control}", ports
+    finally:
+        receiver.kill()
+        proxy.close()

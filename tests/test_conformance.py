@@ -350,6 +350,16 @@ def page_is_nonzero(image: bytes) -> np.ndarray:
     return np.array([any(image[p * PAGE_SIZE:(p + 1) * PAGE_SIZE]) for p in range(pages)])
 
 
+def tampered(body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`body` with fields replaced (or, for _DELETE, removed) as a hostile source would."""
+    for key, value in changes.items():
+        if value is _DELETE:
+            del body[key]
+        else:
+            body[key] = value
+    return body
+
+
 class Ram:
     """A source and a destination RAM handler over two image files."""
 
@@ -410,12 +420,7 @@ class Ram:
                 "zero": np.packbits(np.array(zero_flags, dtype=bool)).tobytes(),
                 "codec": self.codec.spec, "raw": len(payload)}
         frames = [] if not payload else [bytes(self.codec.compress(payload))]
-        for key, value in changes.items():
-            if value is _DELETE:
-                del body[key]
-            else:
-                body[key] = value
-        return body, frames
+        return tampered(body, changes), frames
 
 
 _DELETE = object()
@@ -550,12 +555,7 @@ class Device:
         body = {"name": "cpu", "instance": 0, "index": 0, "last": len(data) < self.chunk_size,
                 "codec": self.codec.spec, "raw": len(data)}
         frames = [bytes(self.codec.compress(data))] if data else []
-        for key, value in changes.items():
-            if value is _DELETE:
-                del body[key]
-            else:
-                body[key] = value
-        return body, frames
+        return tampered(body, changes), frames
 
     def close(self) -> None:
         self.source.close()

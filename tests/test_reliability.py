@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tcp_proxy import TcpProxy, free_port_run
+from tcp_proxy import receiver_behind_proxy
 from test_cli import last_json, start_receiver
 
 MiB = 1 << 20
@@ -129,22 +129,12 @@ def test_a_channel_that_keeps_failing_fails_the_transfer_and_names_it(random_ima
 
 def test_a_cut_connection_is_reconnected_and_the_transfer_verifies(random_image, tmp_path,
                                                                   second_loopback_address):
-    channels = 2
-    base = free_port_run(channels, ("127.0.0.1", second_loopback_address))
-    receiver, endpoint = start_receiver(tmp_path / "dst", "--data-ports", str(base),
-                                        listen=f"tcp://{second_loopback_address}:0")
-    proxy = TcpProxy()
-    try:
-        control = proxy.forward(0, (second_loopback_address, int(endpoint.rsplit(":", 1)[1])))
-        for port in range(base, base + channels):
-            proxy.forward(port, (second_loopback_address, port))
-        sender = start_sender(random_image, f"tcp://127.0.0.1:{control}", *SLOW)
+    with receiver_behind_proxy(tmp_path / "dst", second_loopback_address, 2) as (
+            receiver, proxy, endpoint, _):
+        sender = start_sender(random_image, endpoint, *SLOW)
         wait_for_progress(tmp_path / "dst.partial", 32 * MiB)
         proxy.cut()
         (sent, out, err), (received, _, rerr) = finish(sender, receiver)
-    finally:
-        receiver.kill()
-        proxy.close()
     assert sent == 0 and received == 0, err + rerr
     assert "connection to the destination lost" in err
     assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)

@@ -19,7 +19,7 @@ from engine.jobs import WorkerConfig
 from engine.samples import write_sample
 from engine.security import (ClientKeys, connect_checked, ephemeral_keys, load_client_keys,
                              load_server_keys, write_key_pair)
-from tcp_proxy import TcpProxy, free_port_run
+from tcp_proxy import free_port_run, receiver_behind_proxy
 from test_cli import assert_usage_error, last_json, multifd, start_receiver
 
 MiB = 1 << 20
@@ -290,27 +290,19 @@ def test_an_eavesdropper_between_the_hosts_sees_no_plaintext(keys, tmp_path, cur
             f.seek(offset + 100)
             f.write(MARKER * 3)
     channels = 2
-    base = free_port_run(channels, ("127.0.0.1", second_loopback_address))
-    receiver, endpoint = start_receiver(
-        tmp_path / "dst", "--data-ports", str(base), *(receiver_args(keys) if curve else []),
-        listen=f"tcp://{second_loopback_address}:0")
-    proxy = TcpProxy()
-    try:
-        control = proxy.forward(0, (second_loopback_address, int(endpoint.rsplit(":", 1)[1])))
-        for port in range(base, base + channels):
-            proxy.forward(port, (second_loopback_address, port))
-        sent = multifd("send", str(src), "--to", f"tcp://127.0.0.1:{control}", "--channels",
-                       str(channels), "--json", *(sender_args(keys) if curve else []))
+    with receiver_behind_proxy(tmp_path / "dst", second_loopback_address, channels,
+                               *(receiver_args(keys) if curve else [])) as (
+            receiver, proxy, endpoint, data_ports):
+        sent = multifd("send", str(src), "--to", endpoint, "--channels", str(channels),
+                       "--json", *(sender_args(keys) if curve else []))
         out, err = receiver.communicate(timeout=60)
-    finally:
-        receiver.kill()
-        proxy.close()
     assert sent.returncode == 0, sent.stderr
     assert receiver.returncode == 0, err
     assert filecmp.cmp(src, tmp_path / "dst", shallow=False)
     payload = last_json(sent.stdout)["normal_pages"] * 4096
-    data_seen = sum(len(proxy.recorded[port]) for port in range(base, base + channels))
+    data_seen = sum(len(proxy.recorded[port]) for port in data_ports)
     assert data_seen >= payload, "the data channels did not go through the proxy"
+    control = int(endpoint.rsplit(":", 1)[1])
     assert len(proxy.recorded[control]) > 0
     seen = b"".join(proxy.recorded.values())
     assert (MARKER in seen) is (not curve)
