@@ -8,6 +8,9 @@ independent of the channel count.
 Holes (ranges of a sparse file that were never written) are hashed as zeros without being
 read: reading a hole of a shared-memory file through a mapping makes the kernel allocate
 memory for it, which made hashing a fresh 1 GiB destination 7x slower and un-sparse.
+Data is read with pread into one small buffer, not through a mapping: every page read
+through a mapping stays in the hashing process's memory (USS) until it unmaps, which made a
+4 GiB transfer's workers end up holding the whole image (BENCHMARKS.md, "memory").
 """
 from __future__ import annotations
 
@@ -17,20 +20,21 @@ from typing import Iterable
 
 import xxhash
 
-from engine.image import map_file
+from engine.errors import TransferError
 
 SEGMENT_BYTES = 64 << 20
 _ZEROS = bytes(1 << 20)
+_READ_BYTES = 1 << 20
+_buffer = memoryview(bytearray(_READ_BYTES))  # one per process: workers hash one at a time
 
 
 def segment_count(size: int) -> int:
     return (size + SEGMENT_BYTES - 1) // SEGMENT_BYTES
 
 
-def hash_segment(image, fd: int, index: int) -> bytes:
-    """xxh3-128 of segment `index` of the file open as `fd` and mapped as `image`."""
-    view = memoryview(image)
-    end = min((index + 1) * SEGMENT_BYTES, len(view))
+def hash_segment(fd: int, index: int) -> bytes:
+    """xxh3-128 of segment `index` of the file open as `fd`."""
+    end = min((index + 1) * SEGMENT_BYTES, os.fstat(fd).st_size)
     h = xxhash.xxh3_128()
     position = index * SEGMENT_BYTES
     while position < end:
@@ -39,10 +43,13 @@ def hash_segment(image, fd: int, index: int) -> bytes:
             n = min(len(_ZEROS), data - position)
             h.update(memoryview(_ZEROS)[:n])
             position += n
-        if position < end:
-            hole = _seek(fd, position, os.SEEK_HOLE, end)
-            h.update(view[position:hole])
-            position = hole
+        hole = _seek(fd, position, os.SEEK_HOLE, end) if position < end else end
+        while position < hole:
+            n = os.preadv(fd, [_buffer[:min(_READ_BYTES, hole - position)]], position)
+            if n == 0:
+                raise TransferError(f"the image shrank to {position} bytes while being hashed")
+            h.update(_buffer[:n])
+            position += n
     return h.digest()
 
 
@@ -65,7 +72,6 @@ def digest_of_file(path: str | os.PathLike) -> str:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        image = map_file(path, writable=False)
-        return combine(size, (hash_segment(image, fd, i) for i in range(segment_count(size))))
+        return combine(size, (hash_segment(fd, i) for i in range(segment_count(size))))
     finally:
         os.close(fd)

@@ -59,7 +59,7 @@ class ChannelLoop:
         if isinstance(msg, jobs.HashJob):
             fd = os.open(self.image_path, os.O_RDONLY)
             try:
-                digests = [digest.hash_segment(self.image, fd, i) for i in msg.segments]
+                digests = [digest.hash_segment(fd, i) for i in msg.segments]
             finally:
                 os.close(fd)
             self.tell(jobs.Hashed(segments=msg.segments, digests=digests))

@@ -40,6 +40,7 @@ def run_worker(config: WorkerConfig) -> None:
             written = np.frombuffer(written_map, dtype=np.uint8) if written_map else None
         handler_context = HandlerContext(
             settings=config.settings, image_size=config.image_size, image=image,
+            image_path=config.image_path if config.image_size else None,
             fresh=config.fresh, written=written,
             device_dir=Path(config.device_dir) if config.device_dir else None)
         handlers = {kind: HANDLERS.load(kind)(handler_context) for kind in config.handlers}

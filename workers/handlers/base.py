@@ -22,7 +22,9 @@ class HandlerContext:
     """What a handler may use on its side of the transfer.
 
     image: the mapped image (read-only on the source, writable on the destination), or None
-      for an empty image. fresh: the destination started all zero, so zero pages need not be
+      for an empty image. image_path: the same image as a file, for handlers that move bytes
+      with pread/pwrite instead of touching the mapping (pages touched through a mapping
+      count in the worker's own memory, USS, and fault one by one). fresh: the destination started all zero, so zero pages need not be
       written unless `written` says the page was written before. device_dir: where the
       destination stages device state.
     """
@@ -30,6 +32,7 @@ class HandlerContext:
     settings: TransferSettings
     image_size: int
     image: Any = None
+    image_path: str | None = None
     fresh: bool = True
     written: np.ndarray | None = None
     device_dir: Path | None = None
@@ -49,8 +52,10 @@ class PayloadHandler(ABC):
     Contract:
     - `encode(spec)` runs on the source: it turns a job descriptor into an Encoded packet.
       It reads its bytes from the context (mapping, files); it may block on disk reads only.
-      Frames may be views of the mapped image: the caller sends them before the image changes
-      or is closed.
+      Frames may be views of the mapped image or of the handler's own buffers: the caller
+      sends them before the image changes or is closed, and ZeroMQ holds a reference to each
+      frame until it is on the wire, so a handler reuses a buffer only once nothing else
+      refers to it (see ram.py's buffer pool).
     - `apply(body, frames)` runs on the destination after the header and checksum were
       checked. It validates every body field against the context before touching anything,
       raises ProtocolError/CorruptPayload on bad input (having written nothing outside the
