@@ -14,6 +14,7 @@ from engine import __version__
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.settings import (DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_PACKET_PAGES,
                              DEFAULT_WINDOW, TransferSettings)
+from engine.units import parse_rate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +60,8 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
                    help=f"parallel channels (default {DEFAULT_CHANNELS})")
     p.add_argument("--compress", default="none", metavar="CODEC",
-                   help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL] (default none)")
+                   help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL], or auto (per packet, "
+                        "none or zstd:1 by how busy the link is) (default none)")
     p.add_argument("--device-compress", default="none", metavar="CODEC",
                    help="codec for device state (default none: passthrough)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=PATH",
@@ -70,6 +72,9 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    help=f"unacknowledged packets per channel (default {DEFAULT_WINDOW})")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
                    help=f"device chunk bytes (default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--max-bandwidth", type=parse_rate, metavar="RATE",
+                   help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
+                        "per second like 100M (default: no cap)")
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
 
@@ -82,12 +87,12 @@ def _add_receiver_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> TransferSettings:
-    from workers.codecs import make_codec
+    from workers.codecs import make_codec, session_codecs
     settings = TransferSettings(channels=args.channels, compress=args.compress,
                                 device_compress=args.device_compress,
                                 packet_pages=args.packet_pages, window=args.window,
                                 chunk_size=args.chunk_size)
-    make_codec(settings.compress)  # unknown codecs and levels fail here, before any work
+    session_codecs(settings.compress)  # unknown codecs and levels fail here, before any work
     make_codec(settings.device_compress)
     return settings
 
@@ -129,9 +134,11 @@ def run(args: argparse.Namespace) -> int:
         with progress_bar(size, "migrating" if args.command == "migrate" else "sending") as tick:
             if args.command == "migrate":
                 result = migrate(args.src, args.dest, settings, devices=devices,
-                                 device_dir=args.device_dir, force=args.force, progress=tick)
+                                 device_dir=args.device_dir, force=args.force, progress=tick,
+                                 max_bandwidth=args.max_bandwidth)
             else:
-                with Sender(args.src, args.to, settings, progress=tick) as sender:
+                with Sender(args.src, args.to, settings, progress=tick,
+                            max_bandwidth=args.max_bandwidth) as sender:
                     sender.send_range()
                     for name, path in devices.items():
                         sender.send_device(name, path)

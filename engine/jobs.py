@@ -55,7 +55,10 @@ class Release:
 
 @message("w.credit")
 class Credit:
+    """`packets` more packets were acknowledged; `bytes`: what they took on the wire."""
+
     packets: int
+    bytes: int = 0
 
 
 @message("w.notice")

@@ -22,8 +22,11 @@ RECEIVER_JOIN_S = 10.0
 def migrate(source: str, destination: str, settings: TransferSettings = TransferSettings(),
             devices: Mapping[str, bytes | str | os.PathLike] | None = None,
             device_dir: str | os.PathLike | None = None, force: bool = False,
-            progress: Callable[[int], None] | None = None) -> TransferResult:
-    """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified."""
+            progress: Callable[[int], None] | None = None,
+            max_bandwidth: int | None = None) -> TransferResult:
+    """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified.
+
+    `max_bandwidth` caps the bytes per second on the wire, all channels together."""
     receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force)
     outcome: dict[str, object] = {}
 
@@ -35,7 +38,8 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
 
     thread = threading.Thread(target=serve, name="multifd-receiver", daemon=True)
     try:
-        sender = Sender(source, str(receiver.endpoint), settings, progress=progress)
+        sender = Sender(source, str(receiver.endpoint), settings, progress=progress,
+                        max_bandwidth=max_bandwidth)
         thread.start()
         with sender:
             sender.send_range()

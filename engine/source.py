@@ -26,6 +26,7 @@ from engine.control import ControlLink
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
     VerificationFailed
 from engine.image import parse_location, source_size
+from engine.pacing import TokenBucket
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.processes import WorkerGroup
 from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
@@ -62,7 +63,12 @@ class Sender:
     """
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 max_bandwidth: int | None = None) -> None:
+        """`max_bandwidth`: cap in bytes per second on the wire, shared by all channels."""
+        if max_bandwidth is not None and max_bandwidth <= 0:
+            raise UsageError(f"max bandwidth must be above zero, not {max_bandwidth}")
+        self.max_bandwidth = max_bandwidth
         self.location = parse_location(source)
         self.image_size = source_size(self.location)
         self.endpoint = to
@@ -290,6 +296,7 @@ class _Dispatcher:
         self.finishing: _FinishMarker | None = None
         self.hashes: dict[int, bytes] = {}
         self.image_digest = ""
+        self.bucket = TokenBucket(sender.max_bandwidth) if sender.max_bandwidth else None
 
     def markers(self) -> list[_Marker]:
         """Every marker a caller may be waiting on."""
@@ -305,7 +312,10 @@ class _Dispatcher:
             poller.register(socket, zmq.POLLIN)
         while s._error is None:
             self.dispatch()
-            events = dict(poller.poll(control.poll_interval_ms()))
+            wait_ms = control.poll_interval_ms()
+            if self.bucket is not None and self.current is not None:
+                wait_ms = min(wait_ms, int(self.bucket.delay_s() * 1000) + 1)
+            events = dict(poller.poll(wait_ms))
             if s._wake_r in events:
                 os.read(s._wake_r, 65536)
             for channel, socket in enumerate(workers.sockets):
@@ -340,6 +350,8 @@ class _Dispatcher:
             channel = max(range(len(self.credit)), key=self.credit.__getitem__)
             if self.credit[channel] == 0:
                 return
+            if self.bucket is not None and self.bucket.delay_s() > 0:
+                return
             job = next(self.current, None)
             if job is None:
                 self.current = None
@@ -355,6 +367,8 @@ class _Dispatcher:
             for _ in range(msg.packets):
                 done += self.in_flight[channel].popleft()
             self.credit[channel] += msg.packets
+            if self.bucket is not None:
+                self.bucket.charge(msg.bytes)
             if self.s.progress is not None and done:
                 self.s.progress(done)
         elif isinstance(msg, jobs.Hashed):

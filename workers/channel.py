@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import zmq
@@ -95,11 +96,13 @@ class ChannelLoop:
 
 
 class SourceChannel(ChannelLoop):
-    def __init__(self, *args, session: bytes, **kwargs) -> None:
+    def __init__(self, *args, session: bytes, window: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.session = session
+        self.window = window
         self.seq = 0
         self.acked = -1
+        self.unacked_bytes: deque[int] = deque()  # wire bytes of each unacknowledged packet
 
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.Connect):
@@ -114,6 +117,12 @@ class SourceChannel(ChannelLoop):
         else:
             super().on_control(msg)
 
+    def congestion(self) -> float:
+        """How full the send window is (0 to 1), counting acknowledgements that arrived."""
+        while self.data.poll(0):
+            self.on_data(self.data.recv_multipart(copy=False))
+        return (self.seq - self.acked - 1) / self.window
+
     def send_packet(self, job: jobs.Job) -> None:
         started = time.perf_counter()
         encoded = self.handlers[job.kind].encode(job.spec)
@@ -122,8 +131,10 @@ class SourceChannel(ChannelLoop):
                                checksum=checksum(encoded.frames), body=encoded.body))
         self.data.send_multipart([header, *encoded.frames], copy=False)
         self.seq += 1
+        wire = len(header) + sum(len(f) for f in encoded.frames)
+        self.unacked_bytes.append(wire)
         self.counters["packets"] += 1
-        self.counters["bytes"] += len(header) + sum(len(f) for f in encoded.frames)
+        self.counters["bytes"] += wire
         self.counters["busy_s"] += time.perf_counter() - started
 
     def on_data(self, frames: list[zmq.Frame]) -> None:
@@ -133,7 +144,9 @@ class SourceChannel(ChannelLoop):
         if not self.acked < msg.seq < self.seq:
             raise ProtocolError(f"channel {self.channel}: acknowledgement of packet {msg.seq} "
                                 "that was never sent")
-        self.tell(jobs.Credit(packets=msg.seq - self.acked))
+        packets = msg.seq - self.acked
+        wire = sum(self.unacked_bytes.popleft() for _ in range(packets))
+        self.tell(jobs.Credit(packets=packets, bytes=wire))
         self.acked = msg.seq
 
 

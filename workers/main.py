@@ -55,7 +55,9 @@ def run_worker(config: WorkerConfig) -> None:
             endpoint = data.getsockopt_string(zmq.LAST_ENDPOINT)
             control.send(encode(jobs.Bound(endpoint=endpoint)))
         else:
-            loop = SourceChannel(**common, session=config.session)
+            loop = SourceChannel(**common, session=config.session,
+                                 window=config.settings.window)
+            handler_context.congestion = loop.congestion
             control.send(encode(jobs.Ready(pid=os.getpid())))
         loop.run()
     except EngineError as exc:

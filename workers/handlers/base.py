@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -26,7 +26,8 @@ class HandlerContext:
       with pread/pwrite instead of touching the mapping (pages touched through a mapping
       count in the worker's own memory, USS, and fault one by one). fresh: the destination started all zero, so zero pages need not be
       written unless `written` says the page was written before. device_dir: where the
-      destination stages device state.
+      destination stages device state. congestion(): on the source, how full the channel's
+      send window is (0 to 1), for handlers that adapt their work to the link.
     """
 
     settings: TransferSettings
@@ -36,6 +37,7 @@ class HandlerContext:
     fresh: bool = True
     written: np.ndarray | None = None
     device_dir: Path | None = None
+    congestion: Callable[[], float] = lambda: 0.0
 
 
 @dataclass

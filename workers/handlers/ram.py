@@ -20,7 +20,9 @@ import numpy as np
 
 from engine.errors import ProtocolError, TransferError
 from engine.settings import PAGE_SIZE
-from workers.codecs import make_codec
+from workers.codecs import session_codecs
+from workers.codecs.adaptive import AdaptiveChoice
+from workers.codecs.base import Codec
 from workers.handlers.base import Encoded, HandlerContext, PayloadHandler
 
 _WORDS = PAGE_SIZE // 8
@@ -31,7 +33,8 @@ class RamHandler(PayloadHandler):
 
     def __init__(self, context: HandlerContext) -> None:
         super().__init__(context)
-        self.codec = make_codec(context.settings.compress)
+        self.codecs = session_codecs(context.settings.compress)
+        self.choice = AdaptiveChoice(list(self.codecs.values()), context.congestion)
         size = context.image_size
         self.pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
         self.tail = size % PAGE_SIZE  # length of a short last page, 0 if none
@@ -69,9 +72,10 @@ class RamHandler(PayloadHandler):
         raw = normal * PAGE_SIZE
         if self.tail and normal and runs[-1][0] + runs[-1][1] == self.pages and nonzero[-1]:
             raw -= PAGE_SIZE - self.tail  # the short last page travels short
-        frames = [self.codec.compress(memoryview(buffer)[:raw])] if raw else []
+        codec = self.choice.pick()
+        frames = [codec.compress(memoryview(buffer)[:raw])] if raw else []
         body = {"runs": runs, "zero": np.packbits(~nonzero).tobytes(),
-                "codec": self.codec.spec, "raw": raw}
+                "codec": codec.spec, "raw": raw}
         self._count(normal, count - normal, raw)
         return Encoded(body, frames)
 
@@ -101,7 +105,7 @@ class RamHandler(PayloadHandler):
         return packet + packet // 64 + 4096
 
     def apply(self, body: dict[str, Any], frames: list[Any]) -> None:
-        pages, zero = self._check_body(body)
+        pages, zero, codec = self._check_body(body)
         normal = pages[~zero]
         raw = len(normal) * PAGE_SIZE
         if self.tail and len(normal) and normal[-1] == self.pages - 1:
@@ -109,7 +113,7 @@ class RamHandler(PayloadHandler):
         if body["raw"] != raw:
             raise ProtocolError(f"RAM packet announces {body['raw']} payload bytes, its pages "
                                 f"need {raw}")
-        if self.codec.name == "none":
+        if codec.name == "none":
             if sum(len(f) for f in frames) != raw:
                 raise ProtocolError("RAM payload frames do not add up to the announced size")
         elif raw == 0 and frames:
@@ -117,7 +121,7 @@ class RamHandler(PayloadHandler):
         elif raw:
             if len(frames) != 1:
                 raise ProtocolError("compressed RAM payload must be one frame")
-            frames = [self.codec.decompress(frames[0], raw)]
+            frames = [codec.decompress(frames[0], raw)]
         fd = self._file(os.O_RDWR)
         _scatter(frames, self._byte_ranges(normal), fd)
         self._zero(pages[zero], fd)
@@ -130,12 +134,13 @@ class RamHandler(PayloadHandler):
         return [(first * PAGE_SIZE, min(end * PAGE_SIZE, size))
                 for first, end in _page_stretches(pages)]
 
-    def _check_body(self, body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Validate runs, zero flags and codec; return page indices and their zero flags."""
+    def _check_body(self, body: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Codec]:
+        """Validate runs, zero flags and codec; return page indices, their zero flags and the
+        packet's codec (one of those the session announced)."""
         runs, zero, codec = body.get("runs"), body.get("zero"), body.get("codec")
-        if codec != self.codec.spec:
+        if not isinstance(codec, str) or codec not in self.codecs:
             raise ProtocolError(f"RAM packet uses codec {str(codec)[:40]!r}, the session "
-                                f"announced {self.codec.spec!r}")
+                                f"announced {', '.join(self.codecs)}")
         if not isinstance(body.get("raw"), int) or not isinstance(runs, list) or not runs:
             raise ProtocolError("RAM packet has no page runs or no payload size")
         total, previous_end = 0, 0
@@ -155,7 +160,7 @@ class RamHandler(PayloadHandler):
             raise ProtocolError("RAM packet's zero-page flags have the wrong length")
         pages = np.concatenate([np.arange(start, start + count) for start, count in runs])
         flags = np.unpackbits(np.frombuffer(zero, dtype=np.uint8), count=total).astype(bool)
-        return pages, flags
+        return pages, flags, self.codecs[codec]
 
     def _zero(self, pages: np.ndarray, fd: int) -> None:
         if not len(pages):
