@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "migrate it with zstd over 2 channels, verify, clean up")
     demo.add_argument("--size", default="1G", help="image size, e.g. 256M or 1G (default 1G)")
     demo.add_argument("--json", action="store_true", help="print one JSON line at the end")
+
+    bench = commands.add_parser("bench", help="load test: a matrix of transfers of sample "
+                                "images, measured against the wire and the work floor")
+    from engine.bench import add_arguments
+    add_arguments(bench)
     return parser
 
 
@@ -122,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from engine.demo import run_demo
         return run_demo(args.size, args.json)
+    if args.command == "bench":
+        from engine.bench import run as run_bench
+        return run_bench(args)
     if args.command == "receive":
         with Receiver(args.dest, args.listen, device_dir=args.device_dir,
                       force=args.force) as receiver:
@@ -174,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_versions()
             return 0
         if args.command is None:
-            raise UsageError("a command is needed: migrate, send, receive or demo "
+            raise UsageError("a command is needed: migrate, send, receive, demo or bench "
                              "(see 'multifd --help')")
         return run(args)
     except Interrupted as exc:
