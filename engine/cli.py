@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="load test: a matrix of transfers of sample "
                                 "images, measured against the wire and the work floor")
-    from engine.bench import add_arguments
+    from engine.bench.options import add_arguments
     add_arguments(bench)
     return parser
 
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.demo import run_demo
         return run_demo(args.size, args.json)
     if args.command == "bench":
-        from engine.bench import run as run_bench
+        from engine.bench.command import run as run_bench
         return run_bench(args)
     if args.command == "receive":
         with Receiver(args.dest, args.listen, device_dir=args.device_dir,

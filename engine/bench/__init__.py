@@ -4,6 +4,13 @@ wire, the work floor), soak runs, and runs across a shaped link between network 
 """
 from __future__ import annotations
 
-from engine.bench.command import add_arguments, run
+from engine.bench.options import add_arguments
+
+
+def run(args) -> int:
+    """Run the benchmark the parsed `args` describe; the exit code (1 if a transfer failed)."""
+    from engine.bench.command import run as run_command  # heavy imports only when used
+    return run_command(args)
+
 
 __all__ = ["add_arguments", "run"]
