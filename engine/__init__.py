@@ -2,18 +2,34 @@
 
 The public surface: `migrate` (both ends on this machine), `Sender` and `Receiver` (one end
 each, between processes or hosts), `TransferSettings`, `TransferResult`, and the errors.
+
+The coordinators are imported on first use: `import engine` alone stays light, so that the
+command line can start the worker forkserver before it imports numpy and ZeroMQ, and the
+workers do not import the coordinators at all (BENCHMARKS.md, "start-up").
 """
 from __future__ import annotations
 
-from engine.destination import Receiver
+import importlib
+from typing import Any
+
 from engine.errors import (CorruptPayload, EngineError, Interrupted, PeerLost, ProtocolError,
                            TransferError, UsageError, VerificationFailed)
-from engine.local import migrate
-from engine.result import TransferResult
 from engine.settings import TransferSettings
-from engine.source import Sender
 
 __version__ = "0.1.0"
+
+_LAZY = {"Receiver": "engine.destination", "migrate": "engine.local",
+         "TransferResult": "engine.result", "Sender": "engine.source"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["CorruptPayload", "EngineError", "Interrupted", "PeerLost", "ProtocolError",
            "Receiver", "Sender", "TransferError", "TransferResult", "TransferSettings",

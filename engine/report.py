@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
-from rich.table import Table
-
 from engine.result import TransferResult
 
 
@@ -14,6 +11,8 @@ def json_line(result: TransferResult) -> str:
 
 
 def print_summary(result: TransferResult, title: str = "transfer verified") -> None:
+    from rich.console import Console  # only here: a --json run starts faster without rich
+    from rich.table import Table
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")

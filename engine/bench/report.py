@@ -2,6 +2,7 @@
 machines, and QEMU 7.2's own figures on this machine beside the matching cells."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -132,7 +133,7 @@ def rows(summaries: list[CellSummary], ceilings: Ceilings, where: str) -> list[d
         row.update({
             "GiB/s": s.gib_per_s.show(".2f"),
             "engine GiB/s": s.engine_gib_per_s.show(".2f"),
-            "x wire": f"{s.engine_gib_per_s.median * GiB / wire:.2f}" if wire else "-",
+            "x wire": f"{s.engine_gib_per_s.median * GiB / wire:.2f}" if not math.isnan(wire) else "-",
             "CPU s/GiB": s.cpu_per_gib.show(".2f"),
             "x floor": f"{s.cpu_per_gib.median / floor:.2f}" if floor else "-",
             "wire/image": f"{s.wire_ratio.median:.3f}",
