@@ -100,8 +100,10 @@ def qemu_seconds(where: str, cell: Cell) -> float | None:
 def print_table(summaries: list[CellSummary], ceilings: Ceilings, where: str,
                 runner: str) -> None:
     wire = ceilings.wire_figure()
-    title = (f"{where}, {runner} runs — wire ceiling {wire.median / GiB:.2f} GiB/s "
-             f"±{wire.spread * 50:.0f}% (raw ZeroMQ, one stream)")
+    title = f"{where}, {runner} runs"
+    if ceilings.wire:
+        title += (f" — wire ceiling {wire.median / GiB:.2f} GiB/s ±{wire.spread * 50:.0f}% "
+                  "(raw ZeroMQ, one stream)")
     table = Table(title=title)
     axes = [name for name, _ in summaries[0].cell.values] if summaries else []
     for name in axes:
