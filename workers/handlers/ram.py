@@ -34,7 +34,9 @@ class RamHandler(PayloadHandler):
     def __init__(self, context: HandlerContext) -> None:
         super().__init__(context)
         self.codecs = session_codecs(context.settings.compress)
-        self.choice = AdaptiveChoice(list(self.codecs.values()), context.congestion)
+        # Through the context at each call: the channel plugs its gauge in after we are made.
+        self.choice = AdaptiveChoice(list(self.codecs.values()),
+                                     lambda: self.context.congestion())
         size = context.image_size
         self.pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
         self.tail = size % PAGE_SIZE  # length of a short last page, 0 if none
