@@ -116,13 +116,16 @@ def test_max_bandwidth_slows_a_transfer_down_to_the_cap(image, tmp_path):
     assert result.ok and (tmp_path / "dst").read_bytes() == src.read_bytes()
 
 
-def test_auto_picks_zstd_only_while_the_window_is_congested():
-    codecs = [make_codec("none"), make_codec("zstd:1")]
+def test_auto_compresses_only_while_the_window_is_congested_and_hardest_when_full():
+    codecs = [make_codec("none"), make_codec("zstd:1"), make_codec("zstd:3")]
     fill = [0.0]
     choice = AdaptiveChoice(codecs, lambda: fill[0])
-    assert choice.pick().spec == "none"
-    fill[0] = 7 / 8
-    assert choice.pick().spec == "zstd:1"
+    picks = {}
+    for eighths in range(8):
+        fill[0] = eighths / 8
+        picks[eighths] = choice.pick().spec
+    assert picks == {0: "none", 1: "none", 2: "none", 3: "none", 4: "zstd:1", 5: "zstd:1",
+                     6: "zstd:1", 7: "zstd:3"}
 
 
 def _handler(path, settings, congestion=lambda: 0.0) -> RamHandler:
@@ -140,7 +143,7 @@ def test_auto_packets_may_use_any_announced_codec_and_nothing_else(image, tmp_pa
     raw = source.encode({"runs": [[0, 32]]})
     fill[0] = 1.0
     packed = source.encode({"runs": [[32, 32]]})
-    assert (raw.body["codec"], packed.body["codec"]) == ("none", "zstd:1")
+    assert (raw.body["codec"], packed.body["codec"]) == ("none", "zstd:3")
     destination = _handler(dst, auto)
     destination.apply(raw.body, raw.frames)
     destination.apply(packed.body, packed.frames)

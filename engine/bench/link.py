@@ -89,16 +89,19 @@ class LinkRunner:
         self.max_bandwidth = max_bandwidth
 
     def run(self, cell: Cell, repeat: int, image: Path, destination: Path) -> Sample:
+        """Wall time is the `send` command's, start-up included, with the receiver already
+        listening (as QEMU's figures are taken: the destination waits in -incoming mode);
+        CPU and memory are both ends'."""
         engine = [sys.executable, "-m", "engine"]
         keep = existing_children()
         with TreeMeter(command=True, exclude=keep) as meter:
-            started = time.perf_counter()
             receiver = subprocess.Popen(
                 [*self.lab.prefix(self.lab.destination), *engine, "receive", str(destination),
                  "--listen", f"tcp://{DESTINATION_ADDRESS}:0", "--force", "--json"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=engine_root())
             try:
                 endpoint = _listening(receiver)
+                started = time.perf_counter()
                 sent = subprocess.run(
                     [*self.lab.prefix(self.lab.source), *engine, "send", str(image), "--to",
                      endpoint, "--json", *settings_arguments(cell.settings()),

@@ -15,7 +15,7 @@ CODECS: Registry[Codec] = Registry("codec", "multifd_engine.codecs", {
 # `--compress auto` lets the source pick per packet among these, fastest first; the session
 # announces "auto" and the destination accepts exactly these (workers/codecs/adaptive.py).
 AUTO = "auto"
-AUTO_CHOICES = ("none", "zstd:1")
+AUTO_CHOICES = ("none", "zstd:1", "zstd:3")
 
 
 def session_codecs(spec: str) -> dict[str, Codec]:
