@@ -4,11 +4,14 @@ The worker forkserver is started first thing, so that its imports (numpy, zmq, z
 run on the other core while this process imports the engine: start-up is paid once, not
 twice in a row (BENCHMARKS.md, "start-up").
 """
-import multiprocessing.forkserver
+import os
 import sys
 
-multiprocessing.forkserver.set_forkserver_preload(["workers.main"])
-multiprocessing.forkserver.ensure_running()
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see engine/forkserver.py: no BLAS here
+
+from engine import forkserver  # noqa: E402
+
+forkserver.start()
 
 from engine.cli import main  # noqa: E402  (after the forkserver on purpose)
 

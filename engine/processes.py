@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import zmq
 
+from engine import forkserver
 from engine.errors import PeerLost, error_named
 from engine.framing import decode, encode
 from engine.jobs import Failure, Stats, Stop, WorkerConfig
@@ -25,7 +26,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 2.0
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["workers.main"])
 
 
 class WorkerGroup:
@@ -36,6 +36,7 @@ class WorkerGroup:
         self.sockets: list[zmq.Socket] = []
         self.processes: list[Any] = []
         self.stats: list[dict[str, float]] = [{} for _ in range(channels)]
+        forkserver.start()
         try:
             for channel in range(channels):
                 socket = zmq_context.socket(zmq.PAIR)

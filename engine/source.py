@@ -26,7 +26,7 @@ from engine.control import ControlLink
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
     VerificationFailed
 from engine.image import parse_location, source_size
-from engine.pacing import TokenBucket
+from engine.pacing import Pacer
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.processes import WorkerGroup
 from engine.protocol import SESSION_BYTES, Complete, Fault, Synced, Verdict, Welcome, new_hello
@@ -296,7 +296,7 @@ class _Dispatcher:
         self.finishing: _FinishMarker | None = None
         self.hashes: dict[int, bytes] = {}
         self.image_digest = ""
-        self.bucket = TokenBucket(sender.max_bandwidth) if sender.max_bandwidth else None
+        self.pacer = Pacer(sender.max_bandwidth, channels) if sender.max_bandwidth else None
 
     def markers(self) -> list[_Marker]:
         """Every marker a caller may be waiting on."""
@@ -313,8 +313,8 @@ class _Dispatcher:
         while s._error is None:
             self.dispatch()
             wait_ms = control.poll_interval_ms()
-            if self.bucket is not None and self.current is not None:
-                wait_ms = min(wait_ms, int(self.bucket.delay_s() * 1000) + 1)
+            if self.pacer is not None and self.current is not None:
+                wait_ms = min(wait_ms, int(self.pacer.delay_s() * 1000) + 1)
             events = dict(poller.poll(wait_ms))
             if s._wake_r in events:
                 os.read(s._wake_r, 65536)
@@ -350,7 +350,7 @@ class _Dispatcher:
             channel = max(range(len(self.credit)), key=self.credit.__getitem__)
             if self.credit[channel] == 0:
                 return
-            if self.bucket is not None and self.bucket.delay_s() > 0:
+            if self.pacer is not None and self.pacer.delay_s() > 0:
                 return
             job = next(self.current, None)
             if job is None:
@@ -360,6 +360,8 @@ class _Dispatcher:
             s._workers.send(channel, jobs.Job(kind=kind, spec=spec))
             self.credit[channel] -= 1
             self.in_flight[channel].append(nbytes)
+            if self.pacer is not None:
+                self.pacer.dispatched(channel, nbytes)
 
     def on_worker(self, channel: int, msg: Any) -> None:
         if isinstance(msg, jobs.Credit):
@@ -367,8 +369,8 @@ class _Dispatcher:
             for _ in range(msg.packets):
                 done += self.in_flight[channel].popleft()
             self.credit[channel] += msg.packets
-            if self.bucket is not None:
-                self.bucket.charge(msg.bytes)
+            if self.pacer is not None:
+                self.pacer.acknowledged(channel, msg.packets, done, msg.bytes)
             if self.s.progress is not None and done:
                 self.s.progress(done)
         elif isinstance(msg, jobs.Hashed):
