@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         for where, runner, wire in places():
             summaries, found = _measure(args, matrix, images, runner, wire, say)
             if not args.json:
-                print_table(summaries, found, where, runner.name)
+                print_table(summaries, found, where, runner.name, bool(args.max_bandwidth))
             report.append(to_json(summaries, found, where, runner.name, describe()))
             failed |= any(s.failures for s in summaries)
             if args.plot:

@@ -51,6 +51,7 @@ class CellSummary:
     wire_ratio: Figure
     peak_uss_mib: Figure
     wall_s: Figure
+    wire_mib_per_s: Figure  # wire bytes over the data phase (API runs): --max-bandwidth's
     failures: int
 
     @classmethod
@@ -66,7 +67,10 @@ class CellSummary:
                    cpu_per_gib=figure(lambda s: s.cpu_s / (s.image_bytes / GiB)),
                    wire_ratio=figure(lambda s: s.wire_bytes / s.image_bytes),
                    peak_uss_mib=figure(lambda s: s.peak_uss / MiB),
-                   wall_s=figure(lambda s: s.wall_s), failures=len(samples) - len(good))
+                   wall_s=figure(lambda s: s.wall_s),
+                   wire_mib_per_s=Figure.of([s.wire_bytes / MiB / s.data_seconds
+                                             for s in good if s.data_seconds > 0]),
+                   failures=len(samples) - len(good))
 
 
 def summarise(samples: list[Sample]) -> list[CellSummary]:
@@ -98,7 +102,8 @@ def qemu_seconds(where: str, cell: Cell) -> float | None:
 
 
 def print_table(summaries: list[CellSummary], ceilings: Ceilings, where: str,
-                runner: str) -> None:
+                runner: str, paced: bool = False) -> None:
+    """`paced`: a --max-bandwidth run, which adds the data phase's wire rate."""
     wire = ceilings.wire_figure()
     title = f"{where}, {runner} runs"
     if ceilings.wire:
@@ -108,14 +113,14 @@ def print_table(summaries: list[CellSummary], ceilings: Ceilings, where: str,
     axes = [name for name, _ in summaries[0].cell.values] if summaries else []
     for name in axes:
         table.add_column(name)
-    for name in ("GiB/s", "engine GiB/s", "x wire", "CPU s/GiB", "x floor", "wire/image",
-                 "peak USS MiB", "x 1 channel", "wall s", "QEMU s", "fails"):
+    columns = ["GiB/s", "engine GiB/s", "x wire", "CPU s/GiB", "x floor", "wire/image",
+               "peak USS MiB", "x 1 channel", "wall s", "QEMU s", "fails"]
+    if paced:
+        columns.insert(6, "wire MiB/s")
+    for name in columns:
         table.add_column(name, justify="right")
     for row in rows(summaries, ceilings, where):
-        table.add_row(*[_show(row[name]) for name in axes], row["GiB/s"], row["engine GiB/s"],
-                      row["x wire"], row["CPU s/GiB"], row["x floor"], row["wire/image"],
-                      row["peak USS MiB"], row["x 1 channel"], row["wall s"], row["QEMU s"],
-                      row["fails"])
+        table.add_row(*[_show(row[name]) for name in axes], *[row[name] for name in columns])
     console = Console()
     if not console.is_terminal:  # a file or a pipe: the whole table, not cut to 80 columns
         console = Console(width=220)
@@ -143,6 +148,7 @@ def rows(summaries: list[CellSummary], ceilings: Ceilings, where: str) -> list[d
             "x 1 channel": (f"{s.gib_per_s.median / one.gib_per_s.median:.2f}"
                             if one and one is not s else "-"),
             "wall s": s.wall_s.show(".2f"),
+            "wire MiB/s": s.wire_mib_per_s.show(".1f"),
             "QEMU s": f"{qemu:.2f}" if qemu else "-",
             "fails": str(s.failures),
         })
@@ -168,7 +174,7 @@ def to_json(summaries: list[CellSummary], ceilings: Ceilings, where: str,
 
 
 _FIGURES = ("gib_per_s", "engine_gib_per_s", "cpu_per_gib", "wire_ratio", "peak_uss_mib",
-            "wall_s")
+            "wall_s", "wire_mib_per_s")
 
 
 def _show(value: Any) -> str:

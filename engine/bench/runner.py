@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -40,6 +41,9 @@ class Sample:
     peak_uss: int
     wire_bytes: int
     error: str = ""
+    # From the first to the last acknowledgement (API runs only): the data phase, without
+    # start-up and the final digests, over which a --max-bandwidth cap is judged.
+    data_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "cell"}
@@ -75,14 +79,20 @@ class ApiRunner:
     def run(self, cell: Cell, repeat: int, image: Path, destination: Path) -> Sample:
         from engine.local import migrate
         result, error = None, ""
+        ticks: list[float] = []
         with TreeMeter() as meter:
             try:
                 result = migrate(str(image), str(destination), cell.settings(), force=True,
-                                 max_bandwidth=self.max_bandwidth).to_json()
+                                 max_bandwidth=self.max_bandwidth,
+                                 progress=lambda n: ticks.append(time.perf_counter())
+                                 ).to_json()
             except EngineError as exc:
                 error = str(exc)
         destination.unlink(missing_ok=True)
-        return sample_from(cell, repeat, image.stat().st_size, meter, result, error)
+        sample = sample_from(cell, repeat, image.stat().st_size, meter, result, error)
+        if len(ticks) > 1:
+            sample = dataclasses.replace(sample, data_seconds=ticks[-1] - ticks[0])
+        return sample
 
 
 class CommandRunner:
