@@ -12,7 +12,10 @@ from __future__ import annotations
 import multiprocessing.forkserver
 import os
 
-PRELOAD = ["workers.main"]
+# The built-in handlers and codecs too: the registries import them by name on first use,
+# which without this happened in every new worker (zstandard alone is tens of ms).
+PRELOAD = ["workers.main", "workers.handlers.ram", "workers.handlers.device",
+           "workers.codecs.plain", "workers.codecs.zlib", "workers.codecs.zstd"]
 _QUIET_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 
 
