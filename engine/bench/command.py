@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         failed = False
         for where, runner, wire in places():
             summaries, found = _measure(args, matrix, images, runner, wire, say)
-            if not args.json:
-                print_table(summaries, found, where, runner.name, bool(args.max_bandwidth))
+            print_table(summaries, found, where, runner.name, bool(args.max_bandwidth),
+                        stderr=args.json)
             report.append(to_json(summaries, found, where, runner.name, describe()))
             failed |= any(s.failures for s in summaries)
             if args.plot:

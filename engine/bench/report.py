@@ -102,8 +102,9 @@ def qemu_seconds(where: str, cell: Cell) -> float | None:
 
 
 def print_table(summaries: list[CellSummary], ceilings: Ceilings, where: str,
-                runner: str, paced: bool = False) -> None:
-    """`paced`: a --max-bandwidth run, which adds the data phase's wire rate."""
+                runner: str, paced: bool = False, stderr: bool = False) -> None:
+    """`paced`: a --max-bandwidth run, which adds the data phase's wire rate; `stderr`: print
+    there (stdout carries the JSON)."""
     wire = ceilings.wire_figure()
     title = f"{where}, {runner} runs"
     if ceilings.wire:
@@ -121,9 +122,9 @@ def print_table(summaries: list[CellSummary], ceilings: Ceilings, where: str,
         table.add_column(name, justify="right")
     for row in rows(summaries, ceilings, where):
         table.add_row(*[_show(row[name]) for name in axes], *[row[name] for name in columns])
-    console = Console()
+    console = Console(stderr=stderr)
     if not console.is_terminal:  # a file or a pipe: the whole table, not cut to 80 columns
-        console = Console(width=220)
+        console = Console(stderr=stderr, width=220)
     console.print(table)
 
 
