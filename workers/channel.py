@@ -21,6 +21,7 @@ from engine.errors import PeerLost, ProtocolError
 from engine.framing import decode, encode
 from engine.protocol import MAGIC, VERSION, Ack, ChannelRules, Fault, Init, Packet, Sync, checksum
 from engine.settings import TransferSettings
+from workers.gauge import LinkState, SendGauge
 from workers.handlers import PayloadHandler
 
 # How often an idle worker checks that its coordinator is still there.
@@ -99,7 +100,7 @@ class SourceChannel(ChannelLoop):
     def __init__(self, *args, session: bytes, window: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.session = session
-        self.window = window
+        self.gauge = SendGauge(window)
         self.seq = 0
         self.acked = -1
         self.unacked_bytes: deque[int] = deque()  # wire bytes of each unacknowledged packet
@@ -117,11 +118,11 @@ class SourceChannel(ChannelLoop):
         else:
             super().on_control(msg)
 
-    def congestion(self) -> float:
-        """How full the send window is (0 to 1), counting acknowledgements that arrived."""
+    def link(self) -> LinkState:
+        """The send window's state, counting acknowledgements that arrived meanwhile."""
         while self.data.poll(0):
             self.on_data(self.data.recv_multipart(copy=False))
-        return (self.seq - self.acked - 1) / self.window
+        return self.gauge.state()
 
     def send_packet(self, job: jobs.Job) -> None:
         started = time.perf_counter()
@@ -133,6 +134,7 @@ class SourceChannel(ChannelLoop):
         self.seq += 1
         wire = len(header) + sum(len(f) for f in encoded.frames)
         self.unacked_bytes.append(wire)
+        self.gauge.sent()
         self.counters["packets"] += 1
         self.counters["bytes"] += wire
         self.counters["busy_s"] += time.perf_counter() - started
@@ -146,6 +148,7 @@ class SourceChannel(ChannelLoop):
                                 "that was never sent")
         packets = msg.seq - self.acked
         wire = sum(self.unacked_bytes.popleft() for _ in range(packets))
+        self.gauge.acknowledged(packets, wire, time.perf_counter())
         self.tell(jobs.Credit(packets=packets, bytes=wire))
         self.acked = msg.seq
 

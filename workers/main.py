@@ -57,7 +57,7 @@ def run_worker(config: WorkerConfig) -> None:
         else:
             loop = SourceChannel(**common, session=config.session,
                                  window=config.settings.window)
-            handler_context.congestion = loop.congestion
+            handler_context.link = loop.link
             control.send(encode(jobs.Ready(pid=os.getpid())))
         loop.run()
     except EngineError as exc:

@@ -15,6 +15,9 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from engine.settings import TransferSettings
+from workers.gauge import LinkState
+
+IDLE_LINK = LinkState(fill=0.0, drain_rate=0.0)
 
 
 @dataclass
@@ -26,8 +29,8 @@ class HandlerContext:
       with pread/pwrite instead of touching the mapping (pages touched through a mapping
       count in the worker's own memory, USS, and fault one by one). fresh: the destination started all zero, so zero pages need not be
       written unless `written` says the page was written before. device_dir: where the
-      destination stages device state. congestion(): on the source, how full the channel's
-      send window is (0 to 1), for handlers that adapt their work to the link.
+      destination stages device state. link(): on the source, the channel's send window
+      (how full, how fast it drains), for handlers that adapt their work to the link.
     """
 
     settings: TransferSettings
@@ -37,7 +40,7 @@ class HandlerContext:
     fresh: bool = True
     written: np.ndarray | None = None
     device_dir: Path | None = None
-    congestion: Callable[[], float] = lambda: 0.0
+    link: Callable[[], LinkState] = lambda: IDLE_LINK
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,7 @@ class RamHandler(PayloadHandler):
         super().__init__(context)
         self.codecs = session_codecs(context.settings.compress)
         # Through the context at each call: the channel plugs its gauge in after we are made.
-        self.choice = AdaptiveChoice(list(self.codecs.values()),
-                                     lambda: self.context.congestion())
+        self.choice = AdaptiveChoice(list(self.codecs.values()), lambda: self.context.link())
         size = context.image_size
         self.pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
         self.tail = size % PAGE_SIZE  # length of a short last page, 0 if none
@@ -75,7 +75,10 @@ class RamHandler(PayloadHandler):
         if self.tail and normal and runs[-1][0] + runs[-1][1] == self.pages and nonzero[-1]:
             raw -= PAGE_SIZE - self.tail  # the short last page travels short
         codec = self.choice.pick()
+        started = time.perf_counter()
         frames = [codec.compress(memoryview(buffer)[:raw])] if raw else []
+        if raw and codec.name != "none":
+            self.choice.record(codec, raw, len(frames[0]), time.perf_counter() - started)
         body = {"runs": runs, "zero": np.packbits(~nonzero).tobytes(),
                 "codec": codec.spec, "raw": raw}
         self._count(normal, count - normal, raw)
