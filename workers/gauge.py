@@ -7,9 +7,12 @@ how fast each codec compresses (workers/codecs/adaptive.py).
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
-_WEIGHT = 0.25  # of the newest sample in the running drain rate
+# Acknowledgements come in bursts (two back to back, then a pause), so the drain rate is
+# taken over the last SPAN of them, not between two.
+SPAN = 8
 
 
 @dataclass(frozen=True)
@@ -23,17 +26,21 @@ class SendGauge:
         self.window = window
         self.unacked = 0
         self.drain_rate = 0.0
-        self._last_ack: float | None = None
+        self._acks: deque[tuple[float, int]] = deque(maxlen=SPAN + 1)  # (time, bytes)
 
     def sent(self) -> None:
         self.unacked += 1
 
     def acknowledged(self, packets: int, wire_bytes: int, now: float) -> None:
-        if self._last_ack is not None and self.unacked * 2 >= self.window and now > self._last_ack:
-            sample = wire_bytes / (now - self._last_ack)
-            self.drain_rate += (sample - self.drain_rate) * (_WEIGHT if self.drain_rate else 1)
-        self._last_ack = now
+        congested = self.unacked * 2 >= self.window  # before these acknowledgements
         self.unacked -= packets
+        if not congested:  # not the link's pace: start over
+            self._acks.clear()
+            return
+        self._acks.append((now, wire_bytes))
+        elapsed = now - self._acks[0][0]
+        if len(self._acks) > 1 and elapsed > 0:
+            self.drain_rate = sum(n for _, n in list(self._acks)[1:]) / elapsed
 
     def state(self) -> LinkState:
         return LinkState(fill=self.unacked / self.window, drain_rate=self.drain_rate)

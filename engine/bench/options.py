@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write and delete this much in /dev/shm first (default 10G; 0: no)")
     p.add_argument("--no-ceilings", action="store_true",
                    help="skip the wire ceiling and the work floor")
-    p.add_argument("--json", action="store_true", help="print one JSON document at the end (the tables go to stderr)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document at the end (the tables go to stderr)")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="plot throughput against channels, one line per codec")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.bench.report import CellSummary
+from engine.bench.report import CellSummary, show_value
 from engine.errors import UsageError
 
 
@@ -27,7 +27,7 @@ def plot(summaries: list[CellSummary], path: Path, title: str) -> None:
             points.sort()
             ax.errorbar([p[0] for p in points], [p[1] for p in points],
                         yerr=[p[2] for p in points], marker="o", capsize=3, label=codec)
-        ax.set_title(" ".join(f"{k}={v}" for k, v in rest) or title)
+        ax.set_title(" ".join(f"{k}={show_value(v)}" for k, v in rest) or title)
         ax.set_xlabel("channels")
         ax.set_ylabel("GiB/s of image (wall time)")
         ax.set_xticks(sorted({p[0] for points in lines.values() for p in points}))

@@ -121,7 +121,8 @@ def print_table(summaries: list[CellSummary], ceilings: Ceilings, where: str,
     for name in columns:
         table.add_column(name, justify="right")
     for row in rows(summaries, ceilings, where):
-        table.add_row(*[_show(row[name]) for name in axes], *[row[name] for name in columns])
+        table.add_row(*[show_value(row[name]) for name in axes],
+                      *[row[name] for name in columns])
     console = Console(stderr=stderr)
     if not console.is_terminal:  # a file or a pipe: the whole table, not cut to 80 columns
         console = Console(stderr=stderr, width=220)
@@ -141,7 +142,8 @@ def rows(summaries: list[CellSummary], ceilings: Ceilings, where: str) -> list[d
         row.update({
             "GiB/s": s.gib_per_s.show(".2f"),
             "engine GiB/s": s.engine_gib_per_s.show(".2f"),
-            "x wire": f"{s.engine_gib_per_s.median * GiB / wire:.2f}" if not math.isnan(wire) else "-",
+            "x wire": ("-" if math.isnan(wire)
+                       else f"{s.engine_gib_per_s.median * GiB / wire:.2f}"),
             "CPU s/GiB": s.cpu_per_gib.show(".2f"),
             "x floor": f"{s.cpu_per_gib.median / floor:.2f}" if floor else "-",
             "wire/image": f"{s.wire_ratio.median:.3f}",
@@ -178,7 +180,8 @@ _FIGURES = ("gib_per_s", "engine_gib_per_s", "cpu_per_gib", "wire_ratio", "peak_
             "wall_s", "wire_mib_per_s")
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """An axis value as people read it: sizes as 1G or 256M."""
     if isinstance(value, int) and value >= MiB:
         return f"{value / GiB:g}G" if value % (GiB // 4) == 0 else f"{value / MiB:g}M"
     return str(value)

@@ -27,10 +27,11 @@ class HandlerContext:
     image: the mapped image (read-only on the source, writable on the destination), or None
       for an empty image. image_path: the same image as a file, for handlers that move bytes
       with pread/pwrite instead of touching the mapping (pages touched through a mapping
-      count in the worker's own memory, USS, and fault one by one). fresh: the destination started all zero, so zero pages need not be
-      written unless `written` says the page was written before. device_dir: where the
-      destination stages device state. link(): on the source, the channel's send window
-      (how full, how fast it drains), for handlers that adapt their work to the link.
+      count in the worker's own memory, USS, and fault one by one). fresh: the destination
+      started all zero, so zero pages need not be written unless `written` says the page was
+      written before. device_dir: where the destination stages device state. link(): on the
+      source, the channel's send window (how full, how fast it drains), for handlers that
+      adapt their work to the link.
     """
 
     settings: TransferSettings
