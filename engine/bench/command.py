@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     for cell in matrix:
         cell.settings()  # out-of-range settings fail before any work
     say = _say(args.json)
+    if args.link:
+        from engine.bench.link import check_can_run
+        check_can_run()
     become_subreaper()
     images = ImageFolder()
     try:

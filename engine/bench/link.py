@@ -27,16 +27,21 @@ SOURCE_ADDRESS, DESTINATION_ADDRESS = "10.77.0.1", "10.77.0.2"
 QUEUE_S = 0.05
 
 
+def check_can_run() -> None:
+    """UsageError unless we are root and have iproute2: said before any work starts."""
+    if os.geteuid() != 0:
+        raise UsageError("bench --link needs root: it creates network namespaces and a "
+                         "veth pair (run it as root, e.g. with sudo)")
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            raise UsageError(f"bench --link needs '{tool}' (apt-get install iproute2)")
+
+
 class LinkLab:
     """Two namespaces, source and destination, and a veth pair between them."""
 
     def __init__(self) -> None:
-        if os.geteuid() != 0:
-            raise UsageError("bench --link needs root: it creates network namespaces and a "
-                             "veth pair (run it as root, e.g. with sudo)")
-        for tool in ("ip", "tc"):
-            if shutil.which(tool) is None:
-                raise UsageError(f"bench --link needs '{tool}' (apt-get install iproute2)")
+        check_can_run()
         tag = os.getpid()
         self.source, self.destination = f"multifd-src-{tag}", f"multifd-dst-{tag}"
         self.devices = {self.source: "mfd-src", self.destination: "mfd-dst"}
