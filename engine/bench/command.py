@@ -18,6 +18,7 @@ from engine.bench.matrix import Axis, Cell, cells, schedule
 from engine.bench.measure import become_subreaper
 from engine.bench.report import Ceilings, print_table, summarise, to_json
 from engine.bench.runner import ApiRunner, CommandRunner, Sample
+from engine.errors import UsageError
 from engine.settings import DEFAULT_PACKET_PAGES, PAGE_SIZE
 
 MiB = 1 << 20
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     matrix = cells(_axes(args))
     for cell in matrix:
         cell.settings()  # out-of-range settings fail before any work
-    say = _say(args.json)
+    if args.soak is not None and args.link:
+        raise UsageError("--soak runs on loopback; leave out --link")
     if args.link:
         from engine.bench.link import check_can_run
         check_can_run()
@@ -40,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         images.check_room(len(args.kind) * sum(args.size), max(args.size) * 2)
         if args.warm_up:
-            say(f"warming up: writing and deleting {args.warm_up >> 20} MiB in /dev/shm")
+            _say(f"warming up: writing and deleting {args.warm_up >> 20} MiB in /dev/shm")
             warm_up(args.warm_up)
-        say("making sample images")
+        _say("making sample images")
         for kind in args.kind:
             for size in args.size:
                 images.image(kind, size, args.seed)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         report: list[dict[str, Any]] = []
         failed = False
         for where, runner, wire in places():
-            summaries, found = _measure(args, matrix, images, runner, wire, say)
+            summaries, found = _measure(args, matrix, images, runner, wire)
             print_table(summaries, found, where, runner.name, bool(args.max_bandwidth),
                         stderr=args.json)
             report.append(to_json(summaries, found, where, runner.name, describe()))
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 path = args.plot if len(report) == 1 else args.plot.with_stem(
                     f"{args.plot.stem}-{where}")
                 plot(summaries, path, f"{where}, {runner.name} runs")
-                say(f"plot written to {path}")
+                _say(f"plot written to {path}")
         if args.json:
             print(json.dumps({"runs": report}, default=str), flush=True)
         return 1 if failed else 0
@@ -103,9 +105,11 @@ def _places(args: argparse.Namespace) -> Callable:
     return links if args.link else loopback
 
 
-def _measure(args, matrix: list[Cell], images: ImageFolder, runner, wire_probe, say
+def _measure(args, matrix: list[Cell], images: ImageFolder, runner, wire_probe
              ) -> tuple[list, Ceilings]:
-    packet = (args.packet_pages or [DEFAULT_PACKET_PAGES])[0] * PAGE_SIZE
+    # Ceilings use the first packet size given: one wire ceiling per run keeps the "x wire"
+    # column comparable across cells.
+    packet_pages = (args.packet_pages or [DEFAULT_PACKET_PAGES])[0]
     wire_bytes = min(ceiling.WIRE_BYTES, max(64 * MiB, max(args.size)))
     destination = images.destination()
     if isinstance(runner, ApiRunner):  # start the forkserver outside any measurement
@@ -116,18 +120,18 @@ def _measure(args, matrix: list[Cell], images: ImageFolder, runner, wire_probe, 
     plan = schedule(matrix, args.repeat, seed=args.seed)
     for number, (repeat, cell) in enumerate(plan):
         if not args.no_ceilings and (number == 0 or plan[number - 1][0] != repeat):
-            wire.append(wire_probe(packet, wire_bytes))
+            wire.append(wire_probe(packet_pages * PAGE_SIZE, wire_bytes))
             for kind in args.kind:
                 for size in args.size:
                     for codec in args.compress:
+                        # auto's floor is its usual choice's: zstd:1
                         floors.setdefault((kind, size, codec), []).append(ceiling.work_floor(
                             images.image(kind, size, args.seed),
-                            "zstd:1" if codec == "auto" else codec,
-                            (args.packet_pages or [DEFAULT_PACKET_PAGES])[0]))
+                            "zstd:1" if codec == "auto" else codec, packet_pages))
         sample = runner.run(cell, repeat, images.image(cell["kind"], cell["size"], args.seed),
                             destination)
         samples.append(sample)
-        say(f"[{number + 1}/{len(plan)}] {cell.label()}: {sample.wall_s:.2f} s"
+        _say(f"[{number + 1}/{len(plan)}] {cell.label()}: {sample.wall_s:.2f} s"
             + ("" if sample.ok else f" FAILED: {sample.error}"))
     medians = {key: sorted(v)[len(v) // 2] for key, v in floors.items()}
     return summarise(samples), Ceilings(wire=wire, floors=medians)
@@ -137,7 +141,7 @@ def _soak(args: argparse.Namespace, cell: Cell, images: ImageFolder) -> int:
     from engine.bench.soak import soak
     runner = (ApiRunner if args.runner == "api" else CommandRunner)(args.max_bandwidth)
     report = soak(runner, cell, images.image(cell["kind"], cell["size"], args.seed),
-                  images.destination(), args.soak, quiet=args.json)
+                  images.destination(), args.soak)
     if args.json:
         print(json.dumps(report.to_json(), default=str), flush=True)
     else:
@@ -156,7 +160,6 @@ def _rate_name(rate: int) -> str:
     return f"{bits}bit"
 
 
-def _say(quiet: bool) -> Callable[[str], None]:
-    if quiet:
-        return lambda text: None
-    return lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)
+def _say(text: str) -> None:
+    """Progress for people, on stderr (stdout may carry the JSON)."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)

@@ -39,18 +39,18 @@ class SoakReport:
                 "last_peak_uss": self.last_uss, "samples": [s.to_json() for s in self.samples]}
 
 
-def soak(runner, cell: Cell, image: Path, destination: Path, seconds: float,
-         quiet: bool = False) -> SoakReport:
+def soak(runner, cell: Cell, image: Path, destination: Path, seconds: float) -> SoakReport:
+    """Transfers of `cell` back to back for `seconds` (at least one), each reported on
+    stderr as it ends."""
     samples: list[Sample] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline or not samples:
         sample = runner.run(cell, len(samples), image, destination)
         samples.append(sample)
-        if not quiet:
-            verdict = "ok" if sample.ok else f"FAILED: {sample.error}"
-            print(f"transfer {len(samples):4d}: {sample.wall_s:6.2f} s, "
-                  f"{sample.image_bytes / (1 << 30) / sample.wall_s:5.2f} GiB/s, peak USS "
-                  f"{sample.peak_uss / MiB:6.1f} MiB, {verdict}", file=sys.stderr, flush=True)
+        verdict = "ok" if sample.ok else f"FAILED: {sample.error}"
+        print(f"transfer {len(samples):4d}: {sample.wall_s:6.2f} s, "
+              f"{sample.image_bytes / (1 << 30) / sample.wall_s:5.2f} GiB/s, peak USS "
+              f"{sample.peak_uss / MiB:6.1f} MiB, {verdict}", file=sys.stderr, flush=True)
     quarter = max(1, len(samples) // 4)
     first = statistics.median(s.peak_uss for s in samples[:quarter])
     last = statistics.median(s.peak_uss for s in samples[-quarter:])
