@@ -2,13 +2,15 @@
 
 The public surface: `migrate` (both ends on this machine), `Sender` and `Receiver` (one end
 each, between processes or hosts), `TransferSettings`, `TransferResult`, and the errors.
-The coordinators are imported on first use (PEP 562), so that worker-side modules can import
-`engine.errors` or `engine.protocol` without pulling in the coordinators, and a third-party
-handler can import `workers.handlers` on its own.
+
+The coordinators are imported on first use: `import engine` alone stays light, so that the
+command line can start the worker forkserver before it imports numpy and ZeroMQ, and the
+workers do not import the coordinators at all (BENCHMARKS.md, "start-up").
 """
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from engine.errors import (AuthenticationFailed, CorruptPayload, EngineError, Interrupted,
                            NotConverged, PeerLost, ProtocolError, TransferError,
@@ -17,15 +19,20 @@ from engine.settings import TransferSettings
 
 __version__ = "0.1.0"
 
-_LAZY = {"Receiver": "engine.destination", "Sender": "engine.source",
-         "migrate": "engine.local", "TransferResult": "engine.result"}
+_LAZY = {"Receiver": "engine.destination", "migrate": "engine.local",
+         "TransferResult": "engine.result", "Sender": "engine.source"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["AuthenticationFailed", "CorruptPayload", "EngineError", "Interrupted",
-           "NotConverged", "PeerLost", "ProtocolError", "Receiver", "Sender", "TransferError", "TransferResult",
-           "TransferSettings", "UsageError", "VerificationFailed", "migrate", "__version__"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+           "NotConverged", "PeerLost", "ProtocolError", "Receiver", "Sender", "TransferError",
+           "TransferResult", "TransferSettings", "UsageError", "VerificationFailed", "migrate",
+           "__version__"]

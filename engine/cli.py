@@ -24,6 +24,7 @@ from engine.settings import (DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNT
 if TYPE_CHECKING:
     from engine.live import RoundReport
     from engine.result import LiveResult
+from engine.units import parse_rate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "migrate it with zstd over 2 channels, verify, clean up")
     demo.add_argument("--size", default="1G", help="image size, e.g. 256M or 1G (default 1G)")
     demo.add_argument("--json", action="store_true", help="print one JSON line at the end")
+
+    bench = commands.add_parser("bench", help="load test: a matrix of transfers of sample "
+                                "images, measured against the wire and the work floor")
+    from engine.bench.options import add_arguments
+    add_arguments(bench)
     return parser
 
 
@@ -95,7 +101,8 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
                    help=f"parallel channels (default {DEFAULT_CHANNELS})")
     p.add_argument("--compress", default="none", metavar="CODEC",
-                   help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL] (default none)")
+                   help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL], or auto (per packet, "
+                        "none, zstd:1 or zstd:3 by how busy the link is) (default none)")
     p.add_argument("--device-compress", default="none", metavar="CODEC",
                    help="codec for device state (default none: passthrough)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=PATH",
@@ -106,6 +113,9 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    help=f"unacknowledged packets per channel (default {DEFAULT_WINDOW})")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
                    help=f"device chunk bytes (default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--max-bandwidth", type=parse_rate, metavar="RATE",
+                   help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
+                        "per second like 100M (default: no cap)")
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
 
@@ -144,12 +154,12 @@ def _add_receiver_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> TransferSettings:
-    from workers.codecs import make_codec
+    from workers.codecs import make_codec, session_codecs
     settings = TransferSettings(channels=args.channels, compress=args.compress,
                                 device_compress=args.device_compress,
                                 packet_pages=args.packet_pages, window=args.window,
                                 chunk_size=args.chunk_size)
-    make_codec(settings.compress)  # unknown codecs and levels fail here, before any work
+    session_codecs(settings.compress)  # unknown codecs and levels fail here, before any work
     make_codec(settings.device_compress)
     return settings
 
@@ -229,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"multifd: wrote {public} (public: give it to the other side) and {secret} "
               "(secret: keep it on this host)", file=sys.stderr)
         return 0
+    if args.command == "bench":
+        from engine.bench.command import run as run_bench
+        return run_bench(args)
     if args.command == "receive":
         keys = receiver_keys(args)
         with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
@@ -252,10 +265,11 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "migrate":
                 result = migrate(args.src, args.dest, settings, devices=devices,
                                  device_dir=args.device_dir, force=args.force, progress=tick,
-                                 curve=args.curve, resume=args.resume)
+                                 curve=args.curve, resume=args.resume,
+                                 max_bandwidth=args.max_bandwidth)
             else:
                 with Sender(args.src, args.to, settings, progress=tick, keys=keys,
-                            resume=args.resume) as sender:
+                            resume=args.resume, max_bandwidth=args.max_bandwidth) as sender:
                     sender.send_range()
                     for name, path in devices.items():
                         sender.send_device(name, path)
@@ -315,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_versions()
             return 0
         if args.command is None:
-            raise UsageError("a command is needed: migrate, send, receive, keygen or demo "
+            raise UsageError("a command is needed: migrate, send, receive, keygen, demo or bench "
                              "(see 'multifd --help')")
         return run(args)
     except Interrupted as exc:

@@ -8,6 +8,9 @@ independent of the channel count.
 Holes (ranges of a sparse file that were never written) are hashed as zeros without being
 read: reading a hole of a shared-memory file through a mapping makes the kernel allocate
 memory for it, which made hashing a fresh 1 GiB destination 7x slower and un-sparse.
+Data is read with pread into one small buffer, not through a mapping: every page read
+through a mapping stays in the hashing process's memory (USS) until it unmaps, which made a
+4 GiB transfer's workers end up holding the whole image (BENCHMARKS.md, "memory").
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from typing import Iterable
 
 import xxhash
 
-from engine.image import map_file
+from engine.errors import TransferError
 
 SEGMENT_BYTES = 64 << 20
 _ZEROS = bytes(1 << 20)
+_READ_BYTES = 4 << 20
+_buffer = memoryview(bytearray(_READ_BYTES))  # one per process: workers hash one at a time
 
 
 def segment_count(size: int) -> int:
@@ -33,50 +38,40 @@ def plan(size: int, channels: int) -> dict[int, list[int]]:
     return {channel: list(range(channel, segments, channels)) for channel in range(channels)}
 
 
-class Extents:
-    """Where a file's data and holes are (SEEK_DATA / SEEK_HOLE), with answers remembered.
+def hash_segment(fd: int, index: int) -> bytes:
+    """xxh3-128 of segment `index` of the file open as `fd`.
 
-    On tmpfs each lseek walks the page cache up to its answer, so asking afresh for every
-    64 MiB segment of a dense file walked to the end of the file each time: quadratic in the
-    image size (~0.2 s of a 1 GiB verification). An answer stays valid for any later position
-    up to it, and workers hash their segments in increasing order.
+    The segment is read in chunks; a chunk that starts in a hole that reaches its end is fed
+    as zeros without a read, any other chunk is read whole (pread returns a hole's zeros
+    without allocating). One SEEK_DATA per chunk: asking for the end of each data range
+    with SEEK_HOLE instead made the kernel walk every page of a fully written image, a
+    tenth of a second per GiB (BENCHMARKS.md, "profile").
     """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.size = os.fstat(fd).st_size
-        self._known = {os.SEEK_DATA: (0, -1), os.SEEK_HOLE: (0, -1)}  # (asked at, answer)
-
-    def next(self, position: int, whence: int) -> int:
-        """The first data (SEEK_DATA) or hole (SEEK_HOLE) offset at or after `position`."""
-        asked, answer = self._known[whence]
-        if asked <= position <= answer:
-            return answer
-        try:
-            answer = os.lseek(self.fd, position, whence)
-        except OSError:  # ENXIO: no data after `position`
-            answer = self.size
-        self._known[whence] = (position, answer)
-        return answer
-
-
-def hash_segment(image, extents: Extents, index: int) -> bytes:
-    """xxh3-128 of segment `index` of a file mapped as `image`, its extents in `extents`."""
-    view = memoryview(image)
-    end = min((index + 1) * SEGMENT_BYTES, len(view))
+    end = min((index + 1) * SEGMENT_BYTES, os.fstat(fd).st_size)
     h = xxhash.xxh3_128()
     position = index * SEGMENT_BYTES
     while position < end:
-        data = min(extents.next(position, os.SEEK_DATA), end)
-        while position < data:  # a hole: zeros, fed from a small buffer in cache
-            n = min(len(_ZEROS), data - position)
-            h.update(memoryview(_ZEROS)[:n])
-            position += n
-        if position < end:
-            hole = min(extents.next(position, os.SEEK_HOLE), end)
-            h.update(view[position:hole])
-            position = hole
+        chunk_end = min(position + _READ_BYTES, end)
+        data = _seek(fd, position, os.SEEK_DATA, end)
+        if data >= chunk_end:  # a hole: zeros, fed from a small buffer in cache
+            while position < data:
+                n = min(len(_ZEROS), data - position)
+                h.update(memoryview(_ZEROS)[:n])
+                position += n
+            continue
+        n = os.preadv(fd, [_buffer[:chunk_end - position]], position)
+        if n == 0:
+            raise TransferError(f"the image shrank to {position} bytes while being hashed")
+        h.update(_buffer[:n])
+        position += n
     return h.digest()
+
+
+def _seek(fd: int, position: int, whence: int, end: int) -> int:
+    try:
+        return min(os.lseek(fd, position, whence), end)
+    except OSError:  # ENXIO: no more data after `position`
+        return end
 
 
 def combine(size: int, segment_digests: Iterable[bytes]) -> str:
@@ -91,8 +86,6 @@ def digest_of_file(path: str | os.PathLike) -> str:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        image = map_file(path, writable=False)
-        extents = Extents(fd)
-        return combine(size, (hash_segment(image, extents, i) for i in range(segment_count(size))))
+        return combine(size, (hash_segment(fd, i) for i in range(segment_count(size))))
     finally:
         os.close(fd)

@@ -63,9 +63,11 @@ class Release:
 
 @message("w.credit")
 class Credit:
-    """The destination applied every packet of this channel up to and including `acked`."""
+    """The destination applied every packet of this channel up to and including `acked`;
+    `bytes`: what the newly acknowledged packets took on the wire (for --max-bandwidth)."""
 
     acked: int
+    bytes: int = 0
 
 
 @message("w.notice")

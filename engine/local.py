@@ -25,9 +25,11 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
             devices: Mapping[str, bytes | str | os.PathLike] | None = None,
             device_dir: str | os.PathLike | None = None, force: bool = False,
             progress: Callable[[int], None] | None = None,
-            curve: bool = False, resume: bool = False) -> TransferResult:
+            curve: bool = False, resume: bool = False,
+            max_bandwidth: int | None = None) -> TransferResult:
     """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified.
-    `resume` continues an interrupted copy into the same destination (see engine/journal.py).
+    `resume` continues an interrupted copy into the same destination (see engine/journal.py);
+    `max_bandwidth` caps the bytes per second on the wire, all channels together.
 
     Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
     to measure its cost or to keep other local users from reading the image off the wire."""
@@ -39,14 +41,14 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
         return sender.finish()
 
     return run_locally(source, destination, copy, settings, device_dir, force, progress, curve,
-                       resume)
+                       resume, max_bandwidth)
 
 
 def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
                 settings: TransferSettings = TransferSettings(),
                 device_dir: str | os.PathLike | None = None, force: bool = False,
                 progress: Callable[[int], None] | None = None, curve: bool = False,
-                resume: bool = False) -> R:
+                resume: bool = False, max_bandwidth: int | None = None) -> R:
     """Serve `destination` on a loopback receiver thread while `transfer(sender)` sends to it.
 
     `transfer` drives the started Sender (rounds, devices, finish) and returns its result;
@@ -66,7 +68,7 @@ def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
     thread = threading.Thread(target=serve, name="multifd-receiver", daemon=True)
     try:
         sender = Sender(source, str(receiver.endpoint), settings, progress=progress,
-                        keys=client_keys, resume=resume)
+                        keys=client_keys, resume=resume, max_bandwidth=max_bandwidth)
         thread.start()
         with sender:
             result = transfer(sender)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
+from engine import forkserver
 import workers.main as worker_main  # module import: workers.main imports engine too
 from engine.errors import PeerLost, TransferError, error_named
 from engine.framing import decode, encode
@@ -28,7 +29,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 2.0
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["workers.main"])
 
 
 class ChannelLost(PeerLost):
@@ -78,6 +78,7 @@ class WorkerGroup:
         self.sockets: list[zmq.Socket | None] = [None] * channels
         self.processes: list[Any] = [None] * channels
         self.starts = 0  # how many workers were started: names each IPC endpoint uniquely
+        forkserver.start()
         try:
             for channel in range(channels):
                 self._start(channel, template)

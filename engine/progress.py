@@ -6,10 +6,6 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
-
 
 @contextmanager
 def progress_bar(total: int, label: str, enabled: bool | None = None
@@ -20,6 +16,10 @@ def progress_bar(total: int, label: str, enabled: bool | None = None
     if not enabled or total <= 0:
         yield None
         return
+    # rich is imported only for a terminal: --json runs and pipes start faster without it.
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                TransferSpeedColumn(), TimeRemainingColumn())

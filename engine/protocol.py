@@ -20,7 +20,7 @@ import xxhash
 from engine.errors import CorruptPayload, ProtocolError, UsageError
 from engine.framing import decode, message
 from engine.settings import PAGE_SIZE, TransferSettings
-from workers.codecs import make_codec
+from workers.codecs import make_codec, session_codecs
 from workers.handlers import HANDLERS
 
 MAGIC = "multifd-engine"
@@ -173,7 +173,7 @@ def check_hello(hello: Hello, max_image_size: int = 1 << 46) -> TransferSettings
         raise ProtocolError(f"peer announced payload handlers {hello.handlers[:8]}; this "
                             f"receiver has {sorted(known)} and needs 'ram'")
     try:
-        make_codec(hello.compress)
+        session_codecs(hello.compress)
         make_codec(hello.device_compress)
         return hello.settings()
     except UsageError as exc:  # a bad codec or setting is the peer's fault here

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
-from rich.table import Table
-
 from engine.result import LiveResult, TransferResult
 
 
@@ -14,6 +11,8 @@ def json_line(result: TransferResult | LiveResult) -> str:
 
 
 def print_summary(result: TransferResult | LiveResult, title: str | None = None) -> None:
+    from rich.console import Console  # only here: a --json run starts faster without rich
+    from rich.table import Table
     live = result if isinstance(result, LiveResult) else None
     result = live.transfer if live else result
     title = title or ("live migration verified" if live else "transfer verified")

@@ -7,11 +7,15 @@ from engine.errors import UsageError
 
 PAGE_SIZE = 4096
 
-# 128 pages = 512 KiB per packet, as QEMU's multifd. Large enough that the per-packet
-# Python work (header, dispatch, ack) is amortised over half a MiB of C-speed copying.
-DEFAULT_PACKET_PAGES = 128
-# Packets a channel may have unacknowledged on the wire. 8 x 512 KiB = 4 MiB per channel keeps
-# the TCP pipe full on loopback while bounding memory to channels x window x packet.
+# 512 pages = 2 MiB per packet (QEMU's multifd uses 512 KiB). Chosen by BENCHMARKS.md, run
+# "packet and window" (`bench --channels 2 --compress none,zstd:1 --packet-pages
+# 256,512,1024 --window 4,8,16`): the per-packet Python work (header, dispatch, ack, wake-ups)
+# is what larger packets amortise; from 128 to 512 pages CPU per GiB fell 20% (none) and
+# 19% (zstd:1), and 1024 saved little more while peak memory grew by a quarter.
+DEFAULT_PACKET_PAGES = 512
+# Packets a channel may have unacknowledged on the wire. Same run: 8 x 2 MiB keeps the pipe
+# full (4 was slower, 16 no faster and 20% more memory) while bounding memory to channels x
+# window x packet.
 DEFAULT_WINDOW = 8
 # Device state travels in 1 MiB chunks (design.md, Wire).
 DEFAULT_CHUNK_SIZE = 1 << 20

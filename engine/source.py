@@ -27,6 +27,7 @@ from engine.control import HEARTBEAT_S, ControlLink
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
     VerificationFailed
 from engine.image import parse_location, source_size
+from engine.pacing import Pacer
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.inflight import InFlight
 from engine.processes import ChannelLost, Recovery, WorkerGroup
@@ -74,7 +75,12 @@ class Sender:
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
                  progress: Callable[[int], None] | None = None,
-                 keys: ClientKeys | None = None, resume: bool = False) -> None:
+                 keys: ClientKeys | None = None, resume: bool = False,
+                 max_bandwidth: int | None = None) -> None:
+        """`max_bandwidth`: cap in bytes per second on the wire, shared by all channels."""
+        if max_bandwidth is not None and max_bandwidth <= 0:
+            raise UsageError(f"max bandwidth must be above zero, not {max_bandwidth}")
+        self.max_bandwidth = max_bandwidth
         self.location = parse_location(source)
         # Resuming: the receiver says what it has (pages, device chunks); sends skip that.
         self.resume = resume
@@ -369,6 +375,7 @@ class _Dispatcher:
         self.complete: Complete | None = None
         self.complete_sent = 0.0
         self.poller: zmq.Poller | None = None
+        self.pacer = Pacer(sender.max_bandwidth, channels) if sender.max_bandwidth else None
 
     def markers(self) -> list[_Marker]:
         """Every marker a caller may be waiting on."""
@@ -378,7 +385,10 @@ class _Dispatcher:
     def run(self) -> None:
         s = self.s
         while s._error is None:
-            events = dict(self.watch().poll(s._control.poll_interval_ms()))
+            wait_ms = s._control.poll_interval_ms()
+            if self.pacer is not None and self.current is not None:
+                wait_ms = min(wait_ms, int(self.pacer.delay_s() * 1000) + 1)
+            events = dict(self.watch().poll(wait_ms))
             if s._wake_r in events:
                 os.read(s._wake_r, 65536)
             try:
@@ -459,15 +469,25 @@ class _Dispatcher:
             channel = min(range(len(self.in_flight)), key=lambda c: len(self.in_flight[c]))
             if len(self.in_flight[channel]) >= window:
                 return
+            if self.pacer is not None and self.pacer.delay_s() > 0:
+                return
+            if self.pacer is not None and self.pacer.delay_s() > 0:
+                return
             job = next(self.current, None)
             if job is None:
                 self.current = None
                 continue
             s._workers.send(channel, self.in_flight[channel].add_job(*job))
+            if self.pacer is not None:
+                self.pacer.dispatched(channel, job[2])
 
     def on_worker(self, channel: int, msg: Any) -> None:
         if isinstance(msg, jobs.Credit):
-            done = self.in_flight[channel].acked(msg.acked)
+            flight = self.in_flight[channel]
+            before = len(flight)
+            done = flight.acked(msg.acked)
+            if self.pacer is not None and len(flight) < before:
+                self.pacer.acknowledged(channel, before - len(flight), done, msg.bytes)
             if self.s.progress is not None and done:
                 self.s.progress(done)
         elif isinstance(msg, jobs.Hashed):

@@ -14,3 +14,24 @@ def parse_size(text: str) -> int:
     if not match:
         raise UsageError(f"size {text!r} is not a number with an optional K, M, G or T")
     return int(match.group(1)) * _FACTORS[match.group(2).upper()]
+
+
+_RATE_BITS = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit$", re.IGNORECASE)
+_BIT_FACTORS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_rate(text: str) -> int:
+    """A rate in bytes per second: "1gbit" or "500mbit" as tc writes link rates (powers of
+    1000, bits), or a size per second as QEMU's max-bandwidth takes it ("100M", "1G")."""
+    bits = _RATE_BITS.match(text.strip())
+    if bits:
+        rate = int(float(bits.group(1)) * _BIT_FACTORS[bits.group(2).lower()] / 8)
+    else:
+        try:
+            rate = parse_size(text)
+        except UsageError:
+            raise UsageError(f"rate {text!r} is not like 1gbit, 500mbit or 100M (bytes per "
+                             "second)") from None
+    if rate <= 0:
+        raise UsageError(f"rate {text!r} must be above zero")
+    return rate

@@ -382,11 +382,12 @@ class Ram:
         self.written = np.zeros(self.pages, np.uint8) if track_written else None
         cls = HANDLERS.load("ram")
         self.destination = cls(HandlerContext(settings=self.settings, image_size=self.size,
-                                              image=self.image, fresh=fresh,
-                                              written=self.written, device_dir=folder))
+                                              image=self.image, image_path=str(self.path),
+                                              fresh=fresh, written=self.written,
+                                              device_dir=folder))
         self.source = self.new_source(source)
         self.wire = Wire("ram", self.destination, self.settings)
-        self.codec = self.destination.codec
+        (self.codec,) = self.destination.codecs.values()  # a fixed --compress: one codec
 
     def new_source(self, source: bytes) -> PayloadHandler:
         """A source handler over `source` (the image as it is in a later round)."""
@@ -395,7 +396,8 @@ class Ram:
         path.write_bytes(source)
         image = map_file(path, writable=False)
         return HANDLERS.load("ram")(HandlerContext(settings=self.settings, image_size=self.size,
-                                                   image=image, device_dir=self.folder))
+                                                   image=image, image_path=str(path),
+                                                   device_dir=self.folder))
 
     def send(self, runs: list[list[int]], source: PayloadHandler | None = None) -> Encoded:
         encoded = (source or self.source).encode({"runs": runs})

@@ -23,7 +23,7 @@ def test_every_codec_and_channel_count_copies_the_image_exactly(image, tmp_path,
                                                                  channels):
     src = image(6 * MiB + 3 * PAGE_SIZE, seed=channels)
     result = engine.migrate(str(src), str(tmp_path / "dst"),
-                            TransferSettings(channels=channels, compress=codec))
+                            TransferSettings(channels=channels, compress=codec, packet_pages=128))
     assert result.ok and filecmp.cmp(src, tmp_path / "dst", shallow=False)
     assert result.channels == channels
     assert result.normal_pages > 0 and result.zero_pages > 0

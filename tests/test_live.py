@@ -84,7 +84,8 @@ def test_a_page_scan_reports_exactly_the_pages_whose_content_changed(tmp_path):
     path = tmp_path / "image"
     path.write_bytes(os.urandom(size))
     handler = RamHandler(HandlerContext(settings=TransferSettings(), image_size=size,
-                                        image=map_file(path, writable=False)))
+                                        image=map_file(path, writable=False),
+                                        image_path=str(path)))
 
     def changed(start: int, count: int) -> list[int]:
         answer = handler.scan({"start": start, "count": count})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from typing import Any, Callable
 
 import zmq
@@ -24,6 +25,7 @@ from engine.framing import decode, encode
 from engine.log import warn
 from engine.protocol import MAGIC, VERSION, Ack, ChannelRules, Fault, Init, Packet, Sync, checksum
 from engine.settings import TransferSettings
+from workers.gauge import LinkState, SendGauge
 from workers.handlers import PayloadHandler
 
 # How often an idle worker checks that its coordinator is still there.
@@ -88,8 +90,7 @@ class ChannelLoop:
         if isinstance(msg, jobs.HashJob):
             fd = os.open(self.image_path, os.O_RDONLY)
             try:
-                extents = digest.Extents(fd)
-                digests = [digest.hash_segment(self.image, extents, i) for i in msg.segments]
+                digests = [digest.hash_segment(fd, i) for i in msg.segments]
             finally:
                 os.close(fd)
             counters = dict(self.counters)
@@ -110,10 +111,12 @@ class ChannelLoop:
 
 
 class SourceChannel(ChannelLoop):
-    def __init__(self, *args, session: bytes, **kwargs) -> None:
+    def __init__(self, *args, session: bytes, window: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.session = session
         self.last_sent = -1
+        self.gauge = SendGauge(window)
+        self.unacked: deque[tuple[int, int]] = deque()  # (seq, wire bytes), oldest first
 
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.Connect):
@@ -142,6 +145,12 @@ class SourceChannel(ChannelLoop):
     def on_disconnect(self) -> None:
         raise PeerLost(f"channel {self.channel}: connection to the destination lost")
 
+    def link(self) -> LinkState:
+        """The send window's state, counting acknowledgements that arrived meanwhile."""
+        while self.data.poll(0):
+            self.on_data(self.data.recv_multipart(copy=False))
+        return self.gauge.state()
+
     def send_packet(self, job: jobs.Job) -> None:
         started = time.perf_counter()
         encoded = self.handlers[job.kind].encode(job.spec)
@@ -150,8 +159,11 @@ class SourceChannel(ChannelLoop):
                                checksum=checksum(encoded.frames), body=encoded.body))
         self.data.send_multipart([header, *encoded.frames], copy=False)
         self.last_sent = job.seq
+        wire = len(header) + sum(len(f) for f in encoded.frames)
+        self.unacked.append((job.seq, wire))
+        self.gauge.sent()
         self.counters["packets"] += 1
-        self.counters["bytes"] += len(header) + sum(len(f) for f in encoded.frames)
+        self.counters["bytes"] += wire
         self.counters["busy_s"] += time.perf_counter() - started
 
     def on_data(self, frames: list[zmq.Frame]) -> None:
@@ -161,7 +173,13 @@ class SourceChannel(ChannelLoop):
         if msg.seq > self.last_sent:
             raise ProtocolError(f"channel {self.channel}: acknowledgement of packet {msg.seq} "
                                 "that was never sent")
-        self.tell(jobs.Credit(acked=msg.seq))
+        packets = wire = 0
+        while self.unacked and self.unacked[0][0] <= msg.seq:
+            wire += self.unacked.popleft()[1]
+            packets += 1
+        if packets:
+            self.gauge.acknowledged(packets, wire, time.perf_counter())
+        self.tell(jobs.Credit(acked=msg.seq, bytes=wire))
 
 
 class DestinationChannel(ChannelLoop):

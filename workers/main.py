@@ -46,6 +46,7 @@ def run_worker(config: WorkerConfig) -> None:
             written = np.frombuffer(page_map, dtype=np.uint8)
         handler_context = HandlerContext(
             settings=config.settings, image_size=config.image_size, image=image,
+            image_path=config.image_path if config.image_size else None,
             fresh=config.fresh, written=written,
             device_dir=Path(config.device_dir) if config.device_dir else None)
         handlers = {kind: HANDLERS.load(kind)(handler_context) for kind in config.handlers}
@@ -67,7 +68,9 @@ def run_worker(config: WorkerConfig) -> None:
             endpoint = data.getsockopt_string(zmq.LAST_ENDPOINT)
             control.send(encode(jobs.Bound(endpoint=endpoint)))
         else:
-            loop = SourceChannel(**common, session=config.session)
+            loop = SourceChannel(**common, session=config.session,
+                                 window=config.settings.window)
+            handler_context.link = loop.link
             control.send(encode(jobs.Ready(pid=os.getpid())))
         loop.run()
     except EngineError as exc:

@@ -7,7 +7,6 @@ package can add a handler or codec without touching the engine.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -21,6 +20,7 @@ class Registry(Generic[T]):
         self._loaded: dict[str, type[T]] = {}
 
     def names(self) -> list[str]:
+        from importlib.metadata import entry_points  # slow to import: only when needed
         found = set(self._builtins)
         found.update(ep.name for ep in entry_points(group=self.group))
         return sorted(found)
@@ -31,6 +31,9 @@ class Registry(Generic[T]):
             return self._loaded[name]
         target = self._builtins.get(name)
         if target is None:
+            # importlib.metadata costs about a tenth of a second to import (BENCHMARKS.md,
+            # "start-up"), so built-in names never touch it.
+            from importlib.metadata import entry_points
             matches = [ep for ep in entry_points(group=self.group) if ep.name == name]
             if not matches:
                 raise ValueError(f"unknown {self.what} {name!r}; known: {', '.join(self.names())}")

@@ -12,6 +12,19 @@ CODECS: Registry[Codec] = Registry("codec", "multifd_engine.codecs", {
 })
 
 
+# `--compress auto` lets the source pick per packet among these, fastest first; the session
+# announces "auto" and the destination accepts exactly these (workers/codecs/adaptive.py).
+AUTO = "auto"
+AUTO_CHOICES = ("none", "zstd:1", "zstd:3")
+
+
+def session_codecs(spec: str) -> dict[str, Codec]:
+    """The codecs a session with this --compress value may use, by the spec packets name
+    them with: one for a fixed choice, AUTO_CHOICES (fastest first) for "auto"."""
+    codecs = [make_codec(choice) for choice in (AUTO_CHOICES if spec == AUTO else (spec,))]
+    return {codec.spec: codec for codec in codecs}
+
+
 def make_codec(spec: str) -> Codec:
     """Build a codec from "NAME" or "NAME:LEVEL"; UsageError with a clear message if bad."""
     name, _, level_text = spec.partition(":")
@@ -28,4 +41,4 @@ def make_codec(spec: str) -> Codec:
     return cls(level)
 
 
-__all__ = ["CODECS", "Codec", "make_codec"]
+__all__ = ["AUTO", "AUTO_CHOICES", "CODECS", "Codec", "make_codec", "session_codecs"]

@@ -10,12 +10,15 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from engine.errors import ProtocolError
 from engine.settings import TransferSettings
+from workers.gauge import LinkState
+
+IDLE_LINK = LinkState(fill=0.0, drain_rate=0.0)
 
 
 @dataclass
@@ -23,17 +26,23 @@ class HandlerContext:
     """What a handler may use on its side of the transfer.
 
     image: the mapped image (read-only on the source, writable on the destination), or None
-      for an empty image. fresh: the destination started all zero, so zero pages need not be
-      written unless `written` says the page was written before. device_dir: where the
-      destination stages device state.
+      for an empty image. image_path: the same image as a file, for handlers that move bytes
+      with pread/pwrite instead of touching the mapping (pages touched through a mapping
+      count in the worker's own memory, USS, and fault one by one). fresh: the destination
+      started all zero, so zero pages need not be written unless `written` says the page was
+      written before. device_dir: where the destination stages device state. link(): on the
+      source, the channel's send window (how full, how fast it drains), for handlers that
+      adapt their work to the link.
     """
 
     settings: TransferSettings
     image_size: int
     image: Any = None
+    image_path: str | None = None
     fresh: bool = True
     written: np.ndarray | None = None  # destination: page states, see engine/journal.py
     device_dir: Path | None = None
+    link: Callable[[], LinkState] = lambda: IDLE_LINK
 
 
 @dataclass
@@ -51,7 +60,9 @@ class PayloadHandler(ABC):
     - `encode(spec)` runs on the source: it turns a job descriptor into an Encoded packet.
       It reads its bytes from the context (mapping, files); it may block on disk reads only.
       Frames must not change after encode returns (the checksum covers them, and ZeroMQ
-      sends them later): never views of a source that may be written meanwhile.
+      sends them later): never views of a source that may be written meanwhile. ZeroMQ holds
+      a reference to each frame until it is on the wire, so a handler reuses its own buffer
+      only once nothing else refers to it (see ram.py's buffer pool).
     - `apply(body, frames)` runs on the destination after the header and checksum were
       checked. It validates every body field against the context before touching anything,
       raises ProtocolError/CorruptPayload on bad input (having written nothing outside the
