@@ -41,6 +41,7 @@ from engine.framing import MAX_HEADER_BYTES, decode, encode
 from engine.protocol import (MAGIC, SESSION_BYTES, VERSION, Ack, Complete, Fault, Heartbeat,
                              Hello, Init, Packet, Sync, Verdict, Welcome, checksum, new_hello)
 from engine.settings import PAGE_SIZE, TransferSettings
+from workers.codecs import make_codec
 
 REPLY_TIMEOUT_S = 1.5
 FAIL_TIMEOUT_S = 10.0
@@ -125,6 +126,8 @@ class Session:
         settings = TransferSettings(channels=channels, compress=compress,
                                     device_compress=device_compress)
         self.hello = new_hello(self.session, image_size, settings, ["ram", "device"])
+        self.codec = make_codec(compress).spec
+        self.device_codec = make_codec(device_compress).spec
         self.hello_fields = {**self.hello.__dict__, **(hello or {})}
         self.control = wire.dealer()
         self.data: list[zmq.Socket] = []
@@ -148,17 +151,16 @@ class Session:
                       first_seq=0)
         return Init(**{**fields, **change})
 
-    def packet(self, kind: str, body: dict[str, Any], frames: Frames, channel: int = 0,
-               **change: Any) -> Frames:
-        """A PACKET with a correct header (sizes, checksum, next seq) unless `change`d."""
-        fields = dict(session=self.session, channel=channel, seq=self.next_seq[channel],
-                      kind=kind, sizes=[len(f) for f in frames], checksum=checksum(frames),
-                      body=body)
-        self.next_seq[channel] += 1
+    def packet(self, kind: str, body: dict[str, Any], frames: Frames, **change: Any) -> Frames:
+        """A PACKET for channel 0, with a correct header (sizes, checksum, next seq) unless
+        `change`d."""
+        fields = dict(session=self.session, channel=0, seq=self.next_seq[0], kind=kind,
+                      sizes=[len(f) for f in frames], checksum=checksum(frames), body=body)
+        self.next_seq[0] += 1
         return [encode(Packet(**{**fields, **change})), *frames]
 
     def page_packet(self, **change: Any) -> Frames:
-        body = {"runs": [[0, 1]], "zero": b"\x00", "codec": self.hello.compress,
+        body = {"runs": [[0, 1]], "zero": b"\x00", "codec": self.codec,
                 "raw": PAGE_SIZE}
         return self.packet("ram", body, [PAGE], **change)
 
@@ -179,7 +181,8 @@ class Session:
                 while ready in events and ready.poll(0):
                     msg = _decoded(ready.recv_multipart())
                     if ready is self.control and isinstance(msg, Fault):
-                        self.control_fault = msg
+                        self.control_fault = msg  # the transfer is over
+                        return msg if ready is socket else None
                     if ready is socket and not isinstance(msg, skip):
                         return msg
         return None
@@ -423,7 +426,7 @@ def _body(s: Session, body: dict[str, Any], frames: Frames | None = None) -> Fra
 def _device(s: Session, index: int = 0, last: bool = True, name: str = "cpu",
             data: bytes = b"state", raw: int | None = None) -> Frames:
     body = {"name": name, "instance": 0, "index": index, "last": last,
-            "codec": s.hello.device_compress, "raw": len(data) if raw is None else raw}
+            "codec": s.device_codec, "raw": len(data) if raw is None else raw}
     return s.packet("device", body, [data] if data else [])
 
 
@@ -496,21 +499,21 @@ def _(s: Session): return [_ram(s, checksum=checksum([PAGE]) ^ 1)]
 @case("packet-zstd-bomb", "sender", "a zstd frame of 64 MiB zeros for a one-page packet",
       compress="zstd")
 def _(s: Session):
-    return [_body(s, {"runs": [[0, 1]], "zero": b"\x00", "codec": "zstd:1", "raw": PAGE_SIZE},
+    return [_body(s, {"runs": [[0, 1]], "zero": b"\x00", "codec": s.codec, "raw": PAGE_SIZE},
                   [_bomb("zstd")])]
 
 
 @case("packet-zstd-lying-header", "sender", "a zstd frame of 64 MiB whose header says 4096",
       compress="zstd")
 def _(s: Session):
-    return [_body(s, {"runs": [[0, 1]], "zero": b"\x00", "codec": "zstd:1", "raw": PAGE_SIZE},
+    return [_body(s, {"runs": [[0, 1]], "zero": b"\x00", "codec": s.codec, "raw": PAGE_SIZE},
                   [_lying_zstd_frame()])]
 
 
 @case("packet-zlib-bomb", "sender", "a zlib stream of 64 MiB zeros for a one-page packet",
       compress="zlib")
 def _(s: Session):
-    return [_body(s, {"runs": [[0, 1]], "zero": b"\x00", "codec": "zlib:6", "raw": PAGE_SIZE},
+    return [_body(s, {"runs": [[0, 1]], "zero": b"\x00", "codec": s.codec, "raw": PAGE_SIZE},
                   [_bomb("zlib")])]
 
 
@@ -532,7 +535,7 @@ def _(s: Session): return [[b"\x92\xa3pkt\x81\xa4body" + _nested(100_000), PAGE]
 
 
 @case("header-oversized", "sender", f"a PACKET header over {MAX_HEADER_BYTES >> 10} KiB")
-def _(s: Session): return [_ram(s, kind="ram" + "x" * MAX_HEADER_BYTES)]
+def _(s: Session): return [_raw_packet(s, kind="ram" + "x" * MAX_HEADER_BYTES)]
 
 
 @case("sync-wrong-round", "sender", "a SYNC of round 5 during round 0")
