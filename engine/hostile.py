@@ -492,7 +492,7 @@ def _(s: Session): return [_ram(s, sizes=[PAGE_SIZE, PAGE_SIZE])]
 def _(s: Session): return [_ram(s)[:1]]
 
 
-@case("packet-checksum-mismatch", "sender", "a PACKET whose checksum is off by one")
+@case("packet-checksum-mismatch", "sender", "a PACKET whose checksum is one bit off")
 def _(s: Session): return [_ram(s, checksum=checksum([PAGE]) ^ 1)]
 
 

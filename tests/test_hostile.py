@@ -21,6 +21,7 @@ import pytest
 from engine import hostile
 from engine.errors import UsageError
 from engine.settings import PAGE_SIZE
+import fuzz_wire
 from test_cli import start_receiver
 
 MAX_RSS = 300 << 20
@@ -138,3 +139,9 @@ def test_strangers_during_a_transfer_are_refused_and_the_transfer_verifies(tmp_p
 def test_the_tool_refuses_two_sender_cases_in_one_run():
     with pytest.raises(UsageError, match="one per receiver"):
         hostile.run("tcp://127.0.0.1:9", hostile.names_of("sender")[:2])
+
+
+def test_a_short_fuzz_run_of_the_receive_path_raises_only_engine_errors():
+    outcomes = fuzz_wire.run(1000)  # the full run: python tests/fuzz_wire.py (docs/hostile.md)
+    assert sum(outcomes.values()) == 1000
+    assert outcomes.get("ProtocolError", 0) + outcomes.get("CorruptPayload", 0) > 500
