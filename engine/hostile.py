@@ -122,7 +122,6 @@ class Session:
                  hello: dict[str, Any] | None = None) -> None:
         self.wire = wire
         self.session = os.urandom(SESSION_BYTES)
-        self.image_size = image_size
         settings = TransferSettings(channels=channels, compress=compress,
                                     device_compress=device_compress)
         self.hello = new_hello(self.session, image_size, settings, ["ram", "device"])
@@ -206,6 +205,11 @@ def run_waiting(wire: Wire, case_: Case) -> Outcome:
             else None
     finally:
         stranger.close()
+    return _refusal(case_, reply)
+
+
+def _refusal(case_: Case, reply: Any) -> Outcome:
+    """A stranger's outcome: a FAULT back (refused), or silence (ignored)."""
     if isinstance(reply, Fault):
         return Outcome(case_.name, case_.kind, "refused", reply.message)
     if reply is None:
@@ -227,12 +231,7 @@ def run_strangers(wire: Wire, cases: Sequence[Case]) -> list[Outcome]:
         stranger.send_multipart(frames)
         reply = session.wait(stranger, REPLY_TIMEOUT_S)
         stranger.close()
-        if isinstance(reply, Fault):
-            outcomes.append(Outcome(case_.name, case_.kind, "refused", reply.message))
-        elif reply is None:
-            outcomes.append(Outcome(case_.name, case_.kind, "ignored", "no answer"))
-        else:
-            outcomes.append(Outcome(case_.name, case_.kind, "unexpected", f"{reply!r:.80}"))
+        outcomes.append(_refusal(case_, reply))
     problem = _finish_legitimately(session)
     if problem:
         outcomes = [Outcome(o.case, o.kind, "unexpected", f"{o.detail}; but then {problem}")
@@ -408,10 +407,6 @@ def _(s: Session): return 0, [bytes(8 << 20)]
 
 # -- the catalogue: a malicious sender ---------------------------------------------------
 
-def _ram(s: Session, **change: Any) -> Frames:
-    return s.page_packet(**change)
-
-
 def _raw_packet(s: Session, **change: Any) -> Frames:
     """A PACKET header built without our dataclass, so fields may have any type."""
     frames = s.page_packet()
@@ -456,11 +451,11 @@ def _(s: Session): return [[os.urandom(300)]]
 
 
 @case("packet-wrong-session", "sender", "a PACKET with another session id")
-def _(s: Session): return [_ram(s, session=os.urandom(SESSION_BYTES))]
+def _(s: Session): return [s.page_packet(session=os.urandom(SESSION_BYTES))]
 
 
 @case("packet-channel-out-of-range", "sender", "a PACKET of channel 7 of 1")
-def _(s: Session): return [_ram(s, channel=7)]
+def _(s: Session): return [s.page_packet(channel=7)]
 
 
 @case("packet-pages-outside-image", "sender", "a PACKET of page 1 of a one-page image")
@@ -470,7 +465,7 @@ def _(s: Session):
 
 @case("packet-negative-sizes", "sender", "a PACKET of frame size -1 and run [-5, 1]")
 def _(s: Session):
-    return [_ram(s, sizes=[-1]),
+    return [s.page_packet(sizes=[-1]),
             _body(s, {"runs": [[-5, 1]], "zero": b"\x00", "codec": "none", "raw": -1})]
 
 
@@ -481,19 +476,19 @@ def _(s: Session):
 
 
 @case("packet-huge-seq", "sender", "a PACKET numbered 2**63 (packets must come in order)")
-def _(s: Session): return [_ram(s, seq=1 << 63)]
+def _(s: Session): return [s.page_packet(seq=1 << 63)]
 
 
 @case("packet-truncated", "sender", "a PACKET header announcing two frames, one sent")
-def _(s: Session): return [_ram(s, sizes=[PAGE_SIZE, PAGE_SIZE])]
+def _(s: Session): return [s.page_packet(sizes=[PAGE_SIZE, PAGE_SIZE])]
 
 
 @case("packet-missing-payload", "sender", "a PACKET header with its payload frame missing")
-def _(s: Session): return [_ram(s)[:1]]
+def _(s: Session): return [s.page_packet()[:1]]
 
 
 @case("packet-checksum-mismatch", "sender", "a PACKET whose checksum is one bit off")
-def _(s: Session): return [_ram(s, checksum=checksum([PAGE]) ^ 1)]
+def _(s: Session): return [s.page_packet(checksum=checksum([PAGE]) ^ 1)]
 
 
 @case("packet-zstd-bomb", "sender", "a zstd frame of 64 MiB zeros for a one-page packet",
