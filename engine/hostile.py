@@ -441,9 +441,14 @@ def _lying_zstd_frame() -> bytes:
     return bytes(frame)
 
 
-@case("hello-64-tib-image", "sender", "HELLO of a 64 TiB image on 64 channels (the limits)",
-      image_size=1 << 46, hello={"channels": 64, "chunk_size": 16 << 20})
-def _(s: Session): return []
+@case("hello-64-tib-image", "sender", "HELLO of a 64 TiB image on 64 channels (the limits), "
+      "then garbage", image_size=1 << 46, hello={"channels": 64, "chunk_size": 16 << 20})
+def _(s: Session): return [[os.urandom(300)]]
+
+
+@case("hello-8-tib-image", "sender", "HELLO of an 8 TiB image on 4 channels, then garbage",
+      image_size=1 << 43, channels=4)
+def _(s: Session): return [[os.urandom(300)]]
 
 
 @case("packet-random-bytes", "sender", "random bytes after our INIT")
