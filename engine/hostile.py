@@ -14,8 +14,8 @@ how it treats a peer that breaks the wire rules. Cases come in three kinds, by w
   refuses it and fails the transfer cleanly (a FAULT back, exit code 1): it serves one
   sender, and a sender that breaks the rules has nothing left worth finishing.
 
-A "sender" case ends the receiver's transfer, so one run takes at most one of them; the
-"waiting" cases run first, then the "stranger" cases inside one legitimate transfer.
+A "sender" case ends the receiver's transfer, so it runs alone; otherwise the "waiting"
+cases run first, then the "stranger" cases inside one legitimate transfer.
 """
 from __future__ import annotations
 
@@ -280,8 +280,9 @@ def run(target: str, names: Sequence[str]) -> list[Outcome]:
         raise UsageError(f"unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
     chosen = [CASES[n] for n in names]
     senders = [c for c in chosen if c.kind == "sender"]
-    if len(senders) > 1:
-        raise UsageError("a 'sender' case ends the receiver's transfer: run one per receiver")
+    if senders and len(chosen) > 1:
+        raise UsageError("a 'sender' case ends the receiver's transfer: run it alone, one per "
+                         "receiver")
     wire = Wire(target)
     try:
         outcomes = [run_waiting(wire, c) for c in chosen if c.kind == "waiting"]
