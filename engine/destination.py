@@ -31,6 +31,7 @@ from engine.errors import EngineError, PeerLost, ProtocolError, TransferError, U
 from engine.framing import decode
 from engine.image import check_destination, create_partial, parse_location
 from engine.journal import Journal
+from engine.log import warn
 from engine.processes import ChannelLost, Recovery, WorkerGroup
 from engine.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict, Welcome,
                              check_hello)
@@ -147,17 +148,21 @@ class Receiver:
             if not self._socket.poll(wait):
                 raise PeerLost(f"no sender connected to {self.endpoint} within {timeout_s} s")
             frames = self._socket.recv_multipart()
-            if len(frames) != 2:
-                continue
             try:
-                return decode(frames[1], Hello), frames[0]
+                if len(frames) != 2:
+                    raise ProtocolError("HELLO must be a single frame")
+                hello = decode(frames[1], Hello)
+                check_hello(hello)
+                return hello, frames[0]
             except ProtocolError as exc:
+                # A bad HELLO is refused without ending the wait: it may be a stranger's.
+                warn(f"refused a sender's HELLO: {exc}; still listening")
                 ControlLink(self._socket, self.endpoint, frames[0]).send(
                     Fault(message=f"expected HELLO: {exc}"))
 
     def _serve(self, hello: Hello, link: ControlLink) -> TransferResult:
         started = time.perf_counter()
-        settings = check_hello(hello)
+        settings = hello.settings()  # checked by _wait_for_hello
         size = hello.image_size
         journal_path = self.location.journal_path
         if hello.resume:
@@ -287,7 +292,7 @@ class _Transfer:
                 self.link.released = self.barrier.round
                 self.link.send(Synced(round=msg.round))
         elif isinstance(msg, jobs.Notice) and msg.kind == "device":
-            if self.assembler.add(**msg.data):
+            if self.assembler.add(**msg.data, origin=(channel, msg.seq)):
                 self.journal.record_chunk(msg.data)
         elif isinstance(msg, jobs.Hashed):
             self.hashes.update(zip(msg.segments, msg.digests))

@@ -59,6 +59,7 @@ class CallbackSink:
 @dataclass
 class _Device:
     received: dict[int, int] = field(default_factory=dict)  # chunk index -> its size
+    origins: dict[int, tuple[int, int] | None] = field(default_factory=dict)  # -> (channel, seq)
     loaded: int = 0  # chunks handed to the sink so far, in order
     last: int | None = None  # index of the last chunk, once seen
     size: int = 0
@@ -71,14 +72,17 @@ class DeviceAssembler:
         self.sink = sink
         self.devices: dict[str, _Device] = {}
 
-    def add(self, name: str, instance: int, index: int, last: bool, size: int) -> bool:
-        """Record a chunk that landed; False if it had landed before (re-sent after a
-        reconnect: same place, same bytes, nothing to do)."""
+    def add(self, name: str, instance: int, index: int, last: bool, size: int,
+            origin: tuple[int, int] | None = None) -> bool:
+        """Record a chunk that landed; False if this very packet (same channel and sequence
+        number, `origin`) had landed before and was re-sent after a reconnect. Any other
+        repeat of a chunk is a protocol error."""
         key = device_key(name, instance)
         device = self.devices.setdefault(key, _Device())
         if index in device.received:
-            if device.received[index] != size or (last and device.last != index):
-                raise ProtocolError(f"device {key}: chunk {index} arrived twice, differently")
+            if origin is None or device.origins.get(index) != origin \
+                    or device.received[index] != size:
+                raise ProtocolError(f"device {key}: chunk {index} arrived twice")
             return False
         if device.last is not None and (index > device.last or last):
             raise ProtocolError(f"device {key}: chunk {index} after its last chunk")
@@ -87,6 +91,7 @@ class DeviceAssembler:
                 raise ProtocolError(f"device {key}: last chunk {index} is not the highest")
             device.last = index
         device.received[index] = size
+        device.origins[index] = origin
         device.size += size
         self._load_ready(key, device)
         return True

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import UsageError
+from engine.errors import TransferError, UsageError
 
 SHM_DIR = Path("/dev/shm")
 PARTIAL_SUFFIX = ".partial"
@@ -87,6 +87,10 @@ def create_partial(location: Location, size: int) -> Path:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, size)
+    except OSError as exc:  # the sender announced more than this filesystem holds (EFBIG)
+        path.unlink()
+        raise TransferError(f"cannot create a destination of {size} bytes at {path}: "
+                            f"{exc.strerror}") from None
     finally:
         os.close(fd)
     return path

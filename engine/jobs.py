@@ -72,10 +72,13 @@ class Credit:
 
 @message("w.notice")
 class Notice:
-    """Something a destination handler wants its coordinator to know (a device chunk landed)."""
+    """Something a destination handler wants its coordinator to know (a device chunk landed).
+    `seq`: the packet's sequence number on its channel, added by the channel (not the handler)
+    so that a packet re-sent after a reconnect can be told from a duplicate."""
 
     kind: str
     data: dict[str, Any]
+    seq: int = -1
 
 
 @message("w.hash")

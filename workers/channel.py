@@ -230,7 +230,7 @@ class DestinationChannel(ChannelLoop):
         if self.rules.accept(msg):
             notice = self.handlers[msg.kind].apply(msg.body, parts[1:])
             if notice is not None:
-                self.tell(jobs.Notice(kind=msg.kind, data=notice))
+                self.tell(jobs.Notice(kind=msg.kind, data=notice, seq=msg.seq))
         try:
             self.data.send_multipart([identity, encode(Ack(seq=msg.seq))])
         except zmq.ZMQError as exc:
