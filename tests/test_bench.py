@@ -50,6 +50,16 @@ def test_bench_smoke_measures_every_cell_against_the_ceilings():
     assert ratio[(2, "zstd:1")] < ratio[(2, "none")]
 
 
+def test_bench_compares_encryption_on_and_off():
+    run = bench("--size", "2M", "--repeat", "1", "--channels", "2", "--compress", "none",
+                "--curve", "off,on", "--no-ceilings", "--json")
+    assert run.returncode == 0, run.stderr
+    (report,) = json.loads(run.stdout)["runs"]
+    cells_ = {c["cell"]["curve"]: c for c in report["cells"]}
+    assert set(cells_) == {False, True}
+    assert all(cell["failures"] == 0 for cell in cells_.values())
+
+
 def test_bench_prints_a_table_and_soak_reports_each_transfer():
     run = bench("--size", "1M", "--repeat", "1", "--channels", "1", "--compress", "none",
                 "--no-ceilings")

@@ -79,6 +79,10 @@ def _axes(args: argparse.Namespace) -> list[Axis]:
         axes.append(Axis("packet_pages", tuple(args.packet_pages)))
     if args.window:
         axes.append(Axis("window", tuple(args.window)))
+    if args.curve:
+        if args.link:
+            raise UsageError("--curve compares encryption on loopback; leave out --link")
+        axes.append(Axis("curve", tuple(args.curve)))
     return axes
 
 

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pages per packet to compare (default: the engine's default only)")
     p.add_argument("--window", type=_listed(_whole), metavar="LIST",
                    help="send windows to compare (default: the engine's default only)")
+    p.add_argument("--curve", type=_listed(_switch), metavar="LIST",
+                   help="encryption to compare, e.g. off,on: the cost of CURVE (default off)")
     p.add_argument("--repeat", type=_whole, default=3, help="runs of each cell (default 3)")
     p.add_argument("--runner", choices=("api", "command"), default="api",
                    help="api: engine.migrate() in this process; command: the whole "
@@ -61,6 +63,12 @@ def _kind(text: str) -> str:
     if text not in KINDS:
         raise UsageError(f"unknown image kind {text!r}; known: {', '.join(KINDS)}")
     return text
+
+
+def _switch(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise UsageError(f"{text!r} is not on or off")
+    return text == "on"
 
 
 def _whole(text: str) -> int:

@@ -83,7 +83,7 @@ class ApiRunner:
         with TreeMeter() as meter:
             try:
                 result = migrate(str(image), str(destination), cell.settings(), force=True,
-                                 max_bandwidth=self.max_bandwidth,
+                                 max_bandwidth=self.max_bandwidth, curve=cell.get("curve", False),
                                  progress=lambda n: ticks.append(time.perf_counter())
                                  ).to_json()
             except EngineError as exc:
@@ -104,7 +104,8 @@ class CommandRunner:
     def run(self, cell: Cell, repeat: int, image: Path, destination: Path) -> Sample:
         command = [sys.executable, "-m", "engine", "migrate", str(image), str(destination),
                    "--force", "--json", *settings_arguments(cell.settings()),
-                   *max_bandwidth_arguments(self.max_bandwidth)]
+                   *max_bandwidth_arguments(self.max_bandwidth),
+                   *(["--curve"] if cell.get("curve") else [])]
         keep = existing_children()
         with TreeMeter(command=True, exclude=keep) as meter:
             started = time.perf_counter()
