@@ -225,7 +225,7 @@ class Sender:
     def sync(self) -> int:
         """End the round: wait until the destination has applied everything queued before."""
         marker = _SyncMarker()
-        self._submit(marker, data=False)
+        self._submit(marker)
         self._wait(marker)
         return marker.result
 
@@ -243,7 +243,7 @@ class Sender:
         if not requests:
             return []
         marker = _ScanMarker(kind=kind, requests=list(requests))
-        self._submit(marker, data=False)
+        self._submit(marker)
         self._wait(marker)
         return marker.result
 
@@ -253,7 +253,7 @@ class Sender:
             self.sync()
         devices = {key: digest.digest_of_file(path) for key, (path, _) in self._devices.items()}
         marker = _FinishMarker(devices=devices)
-        self._submit(marker, data=False)
+        self._submit(marker)
         self._wait(marker)
         verdict, stats, image_digest = marker.result
         return TransferResult(
@@ -304,20 +304,23 @@ class Sender:
             raise UsageError(f"device state {path} is not a readable file")
         return path
 
-    def _submit(self, item: Any, data: bool = True) -> None:
+    def _submit(self, item: Any) -> None:
+        """Queue a job stream or a marker; a job stream leaves the round unsynced."""
         if self._thread is None:
             raise UsageError("start() the Sender before submitting work")
         if self._error is not None:
             raise self._error
         with self._lock:
-            self._unsynced = self._unsynced or data
             if isinstance(item, _SyncMarker):
                 self._unsynced = False
+            elif not isinstance(item, _Marker):
+                self._unsynced = True
             self._queue.put(item)
         os.write(self._wake_w, b"x")
 
     def _wait(self, marker: _Marker) -> None:
-        while not marker.done.wait(0.2) and self._error is None:
+        """Until the dispatcher is done with `marker`, or has failed (seen within 50 ms)."""
+        while not marker.done.wait(0.05) and self._error is None:
             pass
         if self._error is not None:
             raise self._error
@@ -327,30 +330,14 @@ class Sender:
     def _run(self) -> None:
         try:
             self._dispatcher.run()
-        except BaseException as exc:  # every error ends the transfer, reported to the caller
-            self._fail(exc)
+        except BaseException as exc:  # every error ends the transfer; waiters see the first
+            if self._error is None:
+                self._error = exc if isinstance(exc, EngineError) else TransferError(
+                    f"internal error: {type(exc).__name__}: {exc}")
             try:
                 self._control.send(Fault(message=str(self._error)))
             except EngineError:
                 pass  # the receiver is gone already
-
-    def _fail(self, exc: BaseException) -> None:
-        """Record the first error and wake every waiter (dispatcher thread only)."""
-        if self._error is None:
-            self._error = exc if isinstance(exc, EngineError) else TransferError(
-                f"internal error: {type(exc).__name__}: {exc}")
-        while True:  # wake every waiter; they see the error
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Marker):
-                item.done.set()
-        if self._dispatcher is not None:
-            for marker in self._dispatcher.markers():
-                marker.done.set()
-        if self._wake_w >= 0:
-            os.write(self._wake_w, b"x")
 
 
 class _Dispatcher:
@@ -376,11 +363,6 @@ class _Dispatcher:
         self.complete_sent = 0.0
         self.poller: zmq.Poller | None = None
         self.pacer = Pacer(sender.max_bandwidth, channels) if sender.max_bandwidth else None
-
-    def markers(self) -> list[_Marker]:
-        """Every marker a caller may be waiting on."""
-        return [*self.waiting_sync.values(), *self.scans.values(),
-                *([self.finishing] if self.finishing else [])]
 
     def run(self) -> None:
         s = self.s
