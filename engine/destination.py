@@ -254,26 +254,17 @@ class _Transfer:
         self.hash_plan: dict[int, list[int]] = {}
         self.hashes: dict[int, bytes] = {}
         self.counters: list[dict[str, float]] = [{} for _ in ports]
-        self.poller: zmq.Poller | None = None
 
     def run(self) -> tuple[Complete, str]:
         """Serve until COMPLETE arrived and the image is hashed; returns COMPLETE and the
         verified digest (raises VerificationFailed after telling the source)."""
         while self.complete is None or not all(self.counters):
-            events = dict(self.watch().poll(self.link.poll_interval_ms()))
+            events = dict(self.workers.poller(self.link.socket).poll(self.link.poll_interval_ms()))
             try:
                 self.on_events(events)
             except ChannelLost as lost:
                 self.recovery.handle(lost, self.restart)
         return self.complete, self.verify()
-
-    def watch(self) -> zmq.Poller:
-        if self.poller is None:
-            self.poller = zmq.Poller()
-            self.poller.register(self.link.socket, zmq.POLLIN)
-            for socket in self.workers.sockets:
-                self.poller.register(socket, zmq.POLLIN)
-        return self.poller
 
     def on_events(self, events: dict) -> None:
         workers = self.workers
@@ -320,7 +311,6 @@ class _Transfer:
         its connection drop and re-sends what was not acknowledged."""
         self.barrier.forget(channel)
         self.workers.replace(channel, listen_port=self.ports[channel], round=self.barrier.round)
-        self.poller = None
         self.workers.gather(jobs.Bound, [channel])
         if self.hash_plan and not self.counters[channel]:
             self.workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))

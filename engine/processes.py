@@ -78,6 +78,7 @@ class WorkerGroup:
         self.sockets: list[zmq.Socket | None] = [None] * channels
         self.processes: list[Any] = [None] * channels
         self.starts = 0  # how many workers were started: names each IPC endpoint uniquely
+        self._poller: zmq.Poller | None = None  # over `sockets`; rebuilt when one is replaced
         forkserver.start()
         try:
             for channel in range(channels):
@@ -93,6 +94,7 @@ class WorkerGroup:
         self.starts += 1
         socket.bind(endpoint)
         self.sockets[channel] = socket
+        self._poller = None
         process = _context.Process(target=worker_main.run_worker,
                                    args=(replace(config, channel=channel, control=endpoint),),
                                    name=f"multifd-{config.side}-{channel}", daemon=True)
@@ -104,6 +106,15 @@ class WorkerGroup:
         self._end(self.processes[channel])
         self.sockets[channel].close(linger=0)
         self._start(channel, replace(self.template, **changes))
+
+    def poller(self, *others: Any) -> zmq.Poller:
+        """A poller over `others` (sockets or file descriptors, always the same ones) and the
+        current worker sockets: the coordinators' main loops wait on it."""
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for item in (*others, *self.sockets):
+                self._poller.register(item, zmq.POLLIN)
+        return self._poller
 
     def send(self, channel: int, msg: Any) -> None:
         """Never blocks: a worker that cannot take a message has died (its PAIR has no peer)."""

@@ -361,7 +361,6 @@ class _Dispatcher:
         self.verdict: Verdict | None = None
         self.complete: Complete | None = None
         self.complete_sent = 0.0
-        self.poller: zmq.Poller | None = None
         self.pacer = Pacer(sender.max_bandwidth, channels) if sender.max_bandwidth else None
 
     def run(self) -> None:
@@ -370,7 +369,7 @@ class _Dispatcher:
             wait_ms = s._control.poll_interval_ms()
             if self.pacer is not None and self.current is not None:
                 wait_ms = min(wait_ms, int(self.pacer.delay_s() * 1000) + 1)
-            events = dict(self.watch().poll(wait_ms))
+            events = dict(s._workers.poller(s._wake_r, s._control.socket).poll(wait_ms))
             if s._wake_r in events:
                 os.read(s._wake_r, 65536)
             try:
@@ -385,16 +384,6 @@ class _Dispatcher:
                 self.finishing.done.set()
                 return
         raise s._error
-
-    def watch(self) -> zmq.Poller:
-        """The poller over the wake pipe, the control link and the current worker sockets."""
-        if self.poller is None:
-            self.poller = zmq.Poller()
-            self.poller.register(self.s._wake_r, zmq.POLLIN)
-            self.poller.register(self.s._control.socket, zmq.POLLIN)
-            for socket in self.s._workers.sockets:
-                self.poller.register(socket, zmq.POLLIN)
-        return self.poller
 
     def on_events(self, events: dict) -> None:
         workers, control = self.s._workers, self.s._control
@@ -415,7 +404,6 @@ class _Dispatcher:
         """A new worker for `channel`, given everything not acknowledged, in order."""
         workers = self.s._workers
         workers.replace(channel)
-        self.poller = None
         workers.gather(jobs.Ready, [channel])
         flight = self.in_flight[channel]
         workers.send(channel, jobs.Connect(endpoint=self.s._endpoints[channel],
