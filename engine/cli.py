@@ -11,20 +11,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from engine import __version__
+from engine import __version__, forkserver
 from engine.endpoint import parse_endpoint
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.security import (ClientKeys, ServerKeys, load_client_keys, load_server_keys,
                              write_key_pair)
-from engine.settings import (DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNTIME_LIMIT_MS,
+from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNTIME_LIMIT_MS,
                              DEFAULT_MAX_ROUNDS, DEFAULT_PACKET_PAGES, DEFAULT_WINDOW,
-                             DIRTY_TRACKERS, NO_CONVERGENCE_POLICIES, LiveSettings,
-                             TransferSettings)
+                             DIRTY_TRACKERS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+                             NO_CONVERGENCE_POLICIES, LiveSettings, TransferSettings,
+                             check_bandwidth)
 
 if TYPE_CHECKING:
     from engine.live import RoundReport
     from engine.result import LiveResult
-from engine.units import parse_rate
+from engine.units import parse_rate, parse_size
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", metavar="FILE",
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
+    send.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S,
+                      metavar="SECONDS", help="how long to wait for the receiver to answer "
+                      f"(default {CONNECT_TIMEOUT_S:.0f})")
     _add_sender_options(send)
     _add_live_options(send)
 
@@ -111,12 +115,27 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    help=f"pages per RAM packet (default {DEFAULT_PACKET_PAGES})")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"unacknowledged packets per channel (default {DEFAULT_WINDOW})")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                   help=f"device chunk bytes (default {DEFAULT_CHUNK_SIZE})")
-    p.add_argument("--max-bandwidth", type=parse_rate, metavar="RATE",
+    p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
+                   help=f"device chunk size, from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE >> 20}M "
+                   f"(default {DEFAULT_CHUNK_SIZE >> 20}M)")
+    p.add_argument("--max-bandwidth", type=_bandwidth, metavar="RATE",
                    help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
-                        "per second like 100M (default: no cap)")
+                        "per second like 100M; at least 1M (default: no cap)")
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
+
+
+def _bandwidth(text: str) -> int:
+    return check_bandwidth(parse_rate(text))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"a timeout is a number of seconds above zero, not {text!r}")
+    return value
 
 
 def _add_live_options(p: argparse.ArgumentParser) -> None:
@@ -187,6 +206,7 @@ def live_from(args: argparse.Namespace) -> LiveSettings | None:
 
 
 def devices_from(specs: list[str]) -> dict[str, Path]:
+    from engine.source import check_device
     devices: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -194,9 +214,7 @@ def devices_from(specs: list[str]) -> dict[str, Path]:
             raise UsageError(f"--device takes NAME=PATH, not {spec!r}")
         if name in devices:
             raise UsageError(f"device {name!r} is given twice")
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise UsageError(f"device {name}: {path} is not a readable file")
-        devices[name] = Path(path)
+        devices[name] = check_device(name, path)
     return devices
 
 
@@ -225,8 +243,8 @@ def sender_keys(args: argparse.Namespace) -> ClientKeys | None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.destination import Receiver
-    from engine.image import check_destination, parse_location, source_size
-    from engine.local import migrate
+    from engine.image import parse_location, source_size
+    from engine.local import check_inputs, migrate
     from engine.progress import progress_bar
     from engine.report import json_line, print_summary
     from engine.source import Sender
@@ -259,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
         devices = devices_from(args.device)
         keys = sender_keys(args) if args.command == "send" else None
         size = source_size(parse_location(args.src))
-        if args.command == "migrate":
-            check_destination(parse_location(args.dest), args.force, size)
+        if args.command == "migrate":  # before a progress bar shows
+            check_inputs(args.src, args.dest, devices, args.device_dir, args.force, args.resume)
         with progress_bar(size, "migrating" if args.command == "migrate" else "sending") as tick:
             if args.command == "migrate":
                 result = migrate(args.src, args.dest, settings, devices=devices,
@@ -268,8 +286,10 @@ def run(args: argparse.Namespace) -> int:
                                  curve=args.curve, resume=args.resume,
                                  max_bandwidth=args.max_bandwidth)
             else:
+                say_connecting(args.to)
                 with Sender(args.src, args.to, settings, progress=tick, keys=keys,
-                            resume=args.resume, max_bandwidth=args.max_bandwidth) as sender:
+                            resume=args.resume, max_bandwidth=args.max_bandwidth,
+                            connect_timeout=args.connect_timeout) as sender:
                     sender.send_range()
                     for name, path in devices.items():
                         sender.send_device(name, path)
@@ -296,9 +316,17 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
         return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
                             resume=source.resume, devices=devices, device_dir=args.device_dir,
                             force=args.force, on_round=on_round)
-    with Sender(args.src, args.to, settings, keys=sender_keys(args)) as sender:
+    say_connecting(args.to)
+    with Sender(args.src, args.to, settings, keys=sender_keys(args),
+                connect_timeout=args.connect_timeout) as sender:
         return run_live(sender, live, pause=source.pause, resume=source.resume, devices=devices,
                         on_round=on_round)
+
+
+def say_connecting(to: str) -> None:
+    """Tell the user whom a sender waits for (a malformed endpoint fails first, alone)."""
+    parse_endpoint(to)
+    print(f"multifd: connecting to {to}", file=sys.stderr, flush=True)
 
 
 def _print_round(report: "RoundReport") -> None:
@@ -341,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         print(f"multifd: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # one the engine did not foresee: still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"multifd: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        forkserver.stop()  # a command that returned leaves no process of its own behind
 
 
 def _on_sigterm(signum, frame) -> None:

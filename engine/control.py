@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 
 from engine.endpoint import Endpoint, parse_endpoint
-from engine.errors import EngineError, PeerLost, ProtocolError, TransferError
+from engine.errors import EngineError, PeerLost, ProtocolError, peer_error
 from engine.framing import decode, encode
 from engine.protocol import Fault, Heartbeat
 from engine.security import ClientKeys, connect_checked
@@ -87,7 +87,7 @@ class ControlLink:
                 raise PeerLost(f"no answer from {self.endpoint} within {timeout_s:.0f} s")
             msg = self.receive()
             if isinstance(msg, Fault):
-                raise TransferError(f"receiver refused the transfer: {msg.message}")
+                raise peer_error(msg.kind, f"receiver refused the transfer: {msg.message}")
             if isinstance(msg, kind):
                 return msg
             if msg is not None and not isinstance(msg, Heartbeat):

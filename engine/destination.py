@@ -26,10 +26,11 @@ from engine.barrier import SyncBarrier
 from engine.control import MAX_CONTROL_BYTES, ControlLink
 from engine.devices import CallbackSink, DeviceAssembler, DirectorySink
 from engine.endpoint import parse_endpoint
-from engine.errors import EngineError, PeerLost, ProtocolError, TransferError, UsageError, \
-    VerificationFailed
+from engine.errors import (DestinationRefused, EngineError, PeerLost, ProtocolError,
+                           TransferError, UsageError, VerificationFailed, peer_error)
 from engine.framing import decode
-from engine.image import check_destination, create_partial, parse_location
+from engine.aliases import destination_writes, refuse_aliases
+from engine.image import check_destination, check_free_space, create_partial, parse_location
 from engine.journal import Journal
 from engine.log import warn
 from engine.processes import ChannelLost, Recovery, WorkerGroup
@@ -37,6 +38,7 @@ from engine.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict,
                              check_hello)
 from engine.result import TransferResult, per_channel, total
 from engine.security import ServerKeys
+from engine.settings import MAX_CHANNELS
 
 
 
@@ -62,9 +64,7 @@ class Receiver:
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
         endpoint = parse_endpoint(listen, allow_any_port=True)
-        if not isinstance(data_ports, int) or not 0 <= data_ports <= 65535:
-            raise UsageError(f"the first data port must be from 1 to 65535 (0: any free "
-                             f"ports), not {data_ports!r}")
+        check_data_ports(data_ports, endpoint.port)
         self.keys = keys
         self.data_ports = data_ports
         self._zmq = zmq.Context()
@@ -92,7 +92,7 @@ class Receiver:
         self._partial: Path | None = None
         self._journal: Journal | None = None
         self._assembler: DeviceAssembler | None = None
-        self._new_device_dir: Path | None = None
+        self._owned_device_dir: Path | None = None
 
     def __enter__(self) -> "Receiver":
         return self
@@ -107,9 +107,14 @@ class Receiver:
         try:
             return self._serve(hello, link)
         except BaseException as exc:
-            reason = str(exc) if isinstance(exc, EngineError) else "receiver interrupted"
+            if isinstance(exc, EngineError):
+                reason = str(exc)
+            elif isinstance(exc, KeyboardInterrupt):
+                reason = "receiver interrupted"
+            else:
+                reason = f"internal error: {type(exc).__name__}: {exc}"
             try:
-                link.send(Fault(message=reason))
+                link.send(Fault(message=reason, kind=type(exc).__name__))
             except EngineError:
                 pass
             raise
@@ -130,8 +135,9 @@ class Receiver:
                     path.unlink(missing_ok=True)
         if self._assembler is not None:
             self._assembler.discard()
-        if self._new_device_dir is not None and not any(self._new_device_dir.iterdir()):
-            self._new_device_dir.rmdir()
+        folder = self._owned_device_dir
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
         self._close_zmq()
 
     def _close_zmq(self) -> None:
@@ -164,22 +170,28 @@ class Receiver:
         started = time.perf_counter()
         settings = hello.settings()  # checked by _wait_for_hello
         size = hello.image_size
-        journal_path = self.location.journal_path
+        # Nothing exists yet: refuse to write the source, or a place too small, first.
+        sources = {"the sender's source image": hello.source_id()}
+        refuse_aliases(sources, destination_writes(self.location, self._device_folder()))
+        check_free_space(self.location, size, hello.stored_bytes, hello.resume)
         if hello.resume:
             partial = self.location.partial_path
             if self.on_device is not None or not partial.is_file() \
                     or partial.stat().st_size != size:
-                raise ProtocolError(f"nothing to resume at {self.location.text}: no "
-                                    f"{partial.name} of {size} bytes (or devices go to a "
-                                    "callback, which cannot resume)")
-            journal = Journal.resume(journal_path, size, settings.chunk_size)
+                raise ProtocolError(self._nothing_to_resume(size))
+            journal = Journal.resume(self.location.journal_path, size, settings.chunk_size)
         else:
             partial = create_partial(self.location, size)
-            journal = Journal.create(journal_path, size, settings.chunk_size)
+            self._partial = partial
+            try:
+                journal = Journal.create(self.location.journal_path, size, settings.chunk_size)
+            except OSError as exc:
+                raise DestinationRefused(f"cannot create {exc.filename}: {exc.strerror}") \
+                    from None
         self._partial, self._journal = partial, journal
         staging = self._staging_dir()
-        sink = CallbackSink(self.on_device) if self.on_device else DirectorySink(staging,
-                                                                                 self.force)
+        sink = CallbackSink(self.on_device) if self.on_device else DirectorySink(
+            staging, self.force, sources)
         self._assembler = assembler = DeviceAssembler(staging, settings.chunk_size, sink)
         welcome = Welcome(session=hello.session, ports=[])
         if hello.resume:
@@ -194,7 +206,7 @@ class Receiver:
             side="destination", channel=0, control="", coordinator_pid=os.getpid(),
             session=hello.session, settings=settings, image_path=str(partial), image_size=size,
             handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
-            journal_path=str(journal_path), device_dir=str(staging),
+            journal_path=str(journal.path), device_dir=str(staging),
             keys=self.keys, data_ports=self.data_ports)
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
         ports = [int(bound.endpoint.rsplit(":", 1)[1])
@@ -217,24 +229,53 @@ class Receiver:
             compress=settings.compress, rounds=complete.rounds, digest=image_digest,
             devices=assembler.sizes(), per_channel=per_channel(stats))
 
+    def _nothing_to_resume(self, size: int) -> str:
+        if self.on_device is not None:
+            return "a receiver that hands device state to a callback cannot resume"
+        where = self.location
+        return (f"nothing to resume at {where.text}: there is no {where.partial_path} of "
+                f"{size} bytes; if the interrupted copy was moved, put its "
+                f"{where.partial_path.name} and {where.journal_path.name} beside "
+                f"{where.path.name} again (or start over without --resume)")
+
+    def _device_folder(self) -> Path | None:
+        """Where device files go (None: to the callback, through a private folder)."""
+        if self.on_device is not None:
+            return None
+        return self.device_dir or self.location.default_device_dir
+
     def _staging_dir(self) -> Path:
         """Where device chunks land: the device folder itself (as hidden .NAME.partial files),
         or a private temporary folder when devices go to a callback."""
-        if self.on_device is not None:
-            path = Path(tempfile.mkdtemp(prefix=".multifd-devices-",
-                                         dir=self.location.path.parent))
-            self._temporary.append(path)
-            return path
-        folder = self.device_dir or default_device_dir(self.location.path)
-        if not folder.exists():
-            folder.mkdir()
-            self._new_device_dir = folder
-        return folder
+        try:
+            if self.on_device is not None:
+                path = Path(tempfile.mkdtemp(prefix=".multifd-devices-",
+                                             dir=self.location.path.parent))
+                self._temporary.append(path)
+                return path
+            folder = self._device_folder()
+            if not folder.exists():
+                folder.mkdir()
+                self._owned_device_dir = folder
+            elif not self.device_dir:  # ours by name: removed at the end if left empty
+                self._owned_device_dir = folder
+            return folder
+        except OSError as exc:
+            raise DestinationRefused(f"cannot create the device folder {exc.filename}: "
+                                     f"{exc.strerror}") from None
 
 
-def default_device_dir(image: Path) -> Path:
-    """Device files go beside the image unless told otherwise: IMAGE.devices/NAME."""
-    return image.with_name(image.name + ".devices")
+def check_data_ports(first: int, listen_port: int) -> None:
+    """Channel i listens on `first` + i (0: any free ports): refuse a start whose channels
+    could run past the last port or onto the control port, before anything is created."""
+    last = 65535 - (MAX_CHANNELS - 1)
+    if not isinstance(first, int) or isinstance(first, bool) or not 0 <= first <= last:
+        raise UsageError(f"the first data port must be from 1 to {last}, so that the ports of "
+                         f"up to {MAX_CHANNELS} channels exist (0: any free ports), not "
+                         f"{first!r}")
+    if first and first <= listen_port < first + MAX_CHANNELS:
+        raise UsageError(f"data ports {first}-{first + MAX_CHANNELS - 1} (one per channel, up "
+                         f"to {MAX_CHANNELS}) would include the listen port {listen_port}")
 
 
 class _Transfer:
@@ -302,7 +343,7 @@ class _Transfer:
             for channel, segments in self.hash_plan.items():
                 self.workers.send(channel, jobs.HashJob(segments=segments))
         elif isinstance(msg, Fault):
-            raise TransferError(f"sender failed: {msg.message}")
+            raise peer_error(msg.kind, f"sender failed: {msg.message}")
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from the sender")
 

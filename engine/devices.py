@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from engine.aliases import FileId, refuse_aliases
 from engine.digest import digest_of_file
 from engine.errors import ProtocolError, TransferError
 from workers.handlers.device import device_key, staging_path
@@ -18,6 +19,9 @@ from workers.handlers.device import device_key, staging_path
 
 class DeviceSink(Protocol):
     """Where a device's state goes once complete and verified, or chunk by chunk in order."""
+
+    def check(self, key: str) -> None:
+        """Called when a device first arrives: refuse it now if it could not be committed."""
 
     def load(self, key: str, index: int, data: Callable[[], bytes], last: bool) -> None:
         """Called for each chunk in index order; `data()` reads the chunk's bytes."""
@@ -29,18 +33,24 @@ class DeviceSink(Protocol):
 class DirectorySink:
     """CLI sink: the device becomes the file DIR/KEY once the transfer has verified."""
 
-    def __init__(self, directory: Path, force: bool = False) -> None:
+    def __init__(self, directory: Path, force: bool = False,
+                 sources: dict[str, FileId | None] | None = None) -> None:
+        """`sources`: the files that must never be replaced (see engine/aliases.py)."""
         self.directory = directory
         self.force = force
+        self.sources = sources or {}
+
+    def check(self, key: str) -> None:
+        final = self.directory / key
+        refuse_aliases(self.sources, [final])
+        if final.exists() and not self.force:
+            raise TransferError(f"device file {final} exists; pass --force to replace it")
 
     def load(self, key: str, index: int, data: Callable[[], bytes], last: bool) -> None:
         pass  # the staged file already is the device's bytes, in place
 
     def commit(self, key: str, staged: Path) -> None:
-        final = self.directory / key
-        if final.exists() and not self.force:
-            raise TransferError(f"device file {final} exists; pass --force to replace it")
-        os.replace(staged, final)
+        os.replace(staged, self.directory / key)
 
 
 class CallbackSink:
@@ -48,6 +58,9 @@ class CallbackSink:
 
     def __init__(self, callback: Callable[[str, int, bytes, bool], None]) -> None:
         self.callback = callback
+
+    def check(self, key: str) -> None:
+        pass  # nothing is written under the device's name
 
     def load(self, key: str, index: int, data: Callable[[], bytes], last: bool) -> None:
         self.callback(key, index, data(), last)
@@ -78,6 +91,8 @@ class DeviceAssembler:
         number, `origin`) had landed before and was re-sent after a reconnect. Any other
         repeat of a chunk is a protocol error."""
         key = device_key(name, instance)
+        if key not in self.devices:
+            self.sink.check(key)
         device = self.devices.setdefault(key, _Device())
         if index in device.received:
             if origin is None or device.origins.get(index) != origin \

@@ -18,6 +18,11 @@ class UsageError(EngineError):
     exit_code = 2
 
 
+class DestinationRefused(UsageError):
+    """The destination refused the transfer before it created anything: it would destroy
+    the source, has no room for it, or cannot be created. Both ends exit with code 2."""
+
+
 class TransferError(EngineError):
     """The transfer started but did not complete."""
 
@@ -50,6 +55,13 @@ class Interrupted(EngineError):
     """The user asked us to stop (Ctrl-C or SIGTERM)."""
 
     exit_code = 130
+
+
+def peer_error(kind: str, message: str) -> EngineError:
+    """The error to raise for the other end's FAULT of `kind`: its refusal of our transfer
+    and its verdict keep their meaning here; anything else failed the transfer."""
+    known = {cls.__name__: cls for cls in (DestinationRefused, VerificationFailed)}
+    return known.get(kind, TransferError)(message)
 
 
 def error_named(kind: str, message: str) -> EngineError:

@@ -33,3 +33,15 @@ def start() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def stop() -> None:
+    """Stop the forkserver and multiprocessing's resource tracker, if they run: a command
+    that returned must leave no process of its own (by themselves they linger up to 2 s).
+    Both stop methods are private to multiprocessing; without them they end on their own."""
+    import multiprocessing.resource_tracker
+    for helper in (multiprocessing.forkserver._forkserver,
+                   multiprocessing.resource_tracker._resource_tracker):
+        stop_helper = getattr(helper, "_stop", None)
+        if stop_helper is not None:
+            stop_helper()

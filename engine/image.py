@@ -10,10 +10,12 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import TransferError, UsageError
+from engine.errors import DestinationRefused, TransferError, UsageError
+from engine.journal import Journal
 
 SHM_DIR = Path("/dev/shm")
 PARTIAL_SUFFIX = ".partial"
@@ -36,6 +38,11 @@ class Location:
     def journal_path(self) -> Path:
         """What has arrived in NAME.partial, for resuming (engine/journal.py)."""
         return self.path.with_name(self.path.name + ".journal")
+
+    @property
+    def default_device_dir(self) -> Path:
+        """Device files go beside the image unless told otherwise: NAME.devices/DEVICE."""
+        return self.path.with_name(self.path.name + ".devices")
 
 
 def parse_location(text: str) -> Location:
@@ -63,14 +70,51 @@ def source_size(location: Location) -> int:
     return st.st_size
 
 
+def stored_bytes(path: str | os.PathLike) -> int:
+    """What a file's data occupies on its filesystem: a sparse file's holes take nothing, and
+    an image's holes are not sent, so this is what a copy of it needs at most."""
+    st = os.stat(path)
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def check_free_space(location: Location, image_size: int, stored: int, resume: bool) -> None:
+    """Refuse up front a destination whose filesystem cannot hold the copy of a source whose
+    data occupies `stored` bytes (and the journal), rather than fail with ENOSPC half way."""
+    need = stored + Journal.bytes_for(image_size)
+    folder = location.path.parent
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return  # not our business to fail on: creating the file will say what is wrong
+    free = fs.f_bavail * fs.f_frsize
+    if resume:
+        try:
+            need -= stored_bytes(location.partial_path)
+        except OSError:
+            pass
+    if need > free:
+        raise DestinationRefused(
+            f"the destination is full: {location.text} needs {_mib(need)} and {folder} has "
+            f"{_mib(free)} free; free some space, or receive into a bigger place (to continue "
+            f"an interrupted copy there, move {location.partial_path.name} and "
+            f"{location.journal_path.name} beside the new destination and add --resume)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 def check_destination(location: Location, force: bool, size: int | None = None) -> None:
     """Refuse a destination we could not create, or would overwrite without --force
     (naming the size mismatch, when the source's `size` is known)."""
     parent = location.path.parent
     if not parent.is_dir():
         raise UsageError(f"destination folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write in destination folder {parent}")
+    try:  # a real try, for what access() does not know (root in /proc, read-only mounts)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise UsageError(f"cannot create files in destination folder {parent}: "
+                         f"{exc.strerror}") from None
     if location.path.is_dir():
         raise UsageError(f"destination {location.text} is a directory")
     if location.path.exists() and not force:
@@ -84,7 +128,11 @@ def check_destination(location: Location, force: bool, size: int | None = None) 
 def create_partial(location: Location, size: int) -> Path:
     """Create (or empty) NAME.partial with `size` bytes, all zero and sparse."""
     path = location.partial_path
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:  # e.g. its folder was removed since the receiver started
+        raise DestinationRefused(f"cannot create the destination {path}: "
+                                 f"{exc.strerror}") from None
     try:
         os.ftruncate(fd, size)
     except OSError as exc:  # the sender announced more than this filesystem holds (EFBIG)

@@ -33,7 +33,7 @@ class Journal:
     def __init__(self, path: Path, image_size: int, chunk_size: int, create: bool) -> None:
         self.path = path
         self.pages = (image_size + PAGE_SIZE - 1) // PAGE_SIZE
-        self.records_at = HEADER_BYTES + self.pages
+        self.records_at = self.bytes_for(image_size)
         header = {"magic": MAGIC, "version": VERSION, "image_size": image_size,
                   "chunk_size": chunk_size}
         if create:
@@ -42,6 +42,11 @@ class Journal:
                 f.truncate(self.records_at)
         else:
             self._check(header)
+
+    @staticmethod
+    def bytes_for(image_size: int) -> int:
+        """The journal's size before device records: a header and a byte per page."""
+        return HEADER_BYTES + (image_size + PAGE_SIZE - 1) // PAGE_SIZE
 
     @classmethod
     def create(cls, path: Path, image_size: int, chunk_size: int) -> "Journal":

@@ -33,7 +33,7 @@ import numpy as np
 
 from engine.dirty import DirtyTracker, HashTracker, make_tracker
 from engine.errors import NotConverged
-from engine.local import run_locally
+from engine.local import check_inputs, run_locally
 from engine.result import LiveResult, TransferResult
 from engine.settings import PAGE_SIZE, LiveSettings, TransferSettings
 from engine.source import Sender
@@ -71,6 +71,7 @@ def migrate_live(source: str, destination: str, settings: TransferSettings = Tra
                  device_dir: str | os.PathLike | None = None, force: bool = False,
                  on_round: Callable[[RoundReport], None] | None = None) -> LiveResult:
     """Migrate a running source to `destination` on this machine (see run_live)."""
+    check_inputs(source, destination, None if callable(devices) else devices, device_dir, force)
     return run_locally(source, destination,
                        lambda sender: run_live(sender, live, pause=pause, resume=resume,
                                                devices=devices, on_round=on_round),

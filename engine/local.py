@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
+from engine.aliases import FileId, destination_writes, refuse_aliases
 from engine.destination import Receiver
 from engine.errors import EngineError, TransferError
 from engine.result import TransferResult
+from engine.image import (check_destination, check_free_space, parse_location, source_size,
+                          stored_bytes)
 from engine.security import ephemeral_keys
-from engine.settings import TransferSettings
-from engine.source import HANDSHAKE_TIMEOUT_S, Sender
+from engine.settings import CONNECT_TIMEOUT_S, TransferSettings
+from engine.source import Sender, check_device
 
 RECEIVER_JOIN_S = 10.0
 R = TypeVar("R")
@@ -34,6 +38,8 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
     Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
     to measure its cost or to keep other local users from reading the image off the wire."""
 
+    check_inputs(source, destination, devices, device_dir, force, resume)
+
     def copy(sender: Sender) -> TransferResult:
         sender.send_range()
         for name, state in (devices or {}).items():
@@ -42,6 +48,27 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
 
     return run_locally(source, destination, copy, settings, device_dir, force, progress, curve,
                        resume, max_bandwidth)
+
+
+def check_inputs(source: str, destination: str,
+                 devices: Mapping[str, bytes | str | os.PathLike] | None = None,
+                 device_dir: str | os.PathLike | None = None, force: bool = False,
+                 resume: bool = False) -> None:
+    """Everything a copy on this machine can refuse before it creates anything (UsageError):
+    an unreadable source or device file, a bad device name, a destination that exists
+    (without `force`), has no room, or would write the source or a device file under any
+    of its names (DEST, DEST.partial, DEST.journal, the device folder)."""
+    src, dest = parse_location(source), parse_location(destination)
+    size = source_size(src)
+    sources = {f"the source {src.text}": FileId.of(src.path)}
+    for name, state in (devices or {}).items():
+        path = check_device(name, state)
+        if path is not None:
+            sources[f"the state of device {name} ({path})"] = FileId.of(path)
+    folder = Path(device_dir) if device_dir else dest.default_device_dir
+    refuse_aliases(sources, destination_writes(dest, folder, devices or {}))
+    check_destination(dest, force, size)
+    check_free_space(dest, size, stored_bytes(src.path), resume)
 
 
 def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
@@ -61,7 +88,7 @@ def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
 
     def serve() -> None:
         try:
-            outcome["result"] = receiver.run(timeout_s=HANDSHAKE_TIMEOUT_S)
+            outcome["result"] = receiver.run(timeout_s=CONNECT_TIMEOUT_S)
         except BaseException as exc:  # reported by the main thread below
             outcome["error"] = exc
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import xxhash
 
+from engine.aliases import FileId
 from engine.errors import CorruptPayload, ProtocolError, UsageError
 from engine.framing import decode, message
 from engine.settings import PAGE_SIZE, TransferSettings
@@ -45,6 +46,17 @@ class Hello:
     chunk_size: int
     handlers: list[str]
     resume: bool = False
+    # Which file the source image is (boot id, device, inode), so that a receiver on the same
+    # host refuses to write it (engine/aliases.py); and what its data occupies, so that a
+    # receiver without room for it says so before it starts.
+    source_host: str = ""
+    source_file: list[int] | None = None
+    stored_bytes: int = 0
+
+    def source_id(self) -> FileId | None:
+        if self.source_file is None or len(self.source_file) != 2:
+            return None
+        return FileId(self.source_host, *self.source_file)
 
     def settings(self) -> TransferSettings:
         return TransferSettings(channels=self.channels, compress=self.compress,
@@ -87,9 +99,12 @@ class Verdict:
 
 @message("fault")
 class Fault:
-    """Sent by whichever side fails first; the other side stops and reports `message`."""
+    """Sent by whichever side fails first; the other side stops and reports `message`.
+    `kind` names the error (engine/errors.py), so that a refusal for bad usage makes both
+    ends exit with the same code."""
 
     message: str
+    kind: str = ""
 
 
 @message("heartbeat")
@@ -149,12 +164,16 @@ def checksum(frames: Sequence[Any]) -> int:
 
 
 def new_hello(session: bytes, image_size: int, settings: TransferSettings,
-              handlers: list[str], resume: bool = False) -> Hello:
+              handlers: list[str], resume: bool = False, source: FileId | None = None,
+              stored_bytes: int = 0) -> Hello:
     return Hello(magic=MAGIC, version=VERSION, session=session, image_size=image_size,
                  page_size=PAGE_SIZE, channels=settings.channels, compress=settings.compress,
                  device_compress=settings.device_compress,
                  packet_pages=settings.packet_pages, window=settings.window,
-                 chunk_size=settings.chunk_size, handlers=handlers, resume=resume)
+                 chunk_size=settings.chunk_size, handlers=handlers, resume=resume,
+                 source_host=source.host if source else "",
+                 source_file=[source.device, source.inode] if source else None,
+                 stored_bytes=stored_bytes)
 
 
 def check_hello(hello: Hello, max_image_size: int = 1 << 46) -> TransferSettings:
@@ -168,6 +187,8 @@ def check_hello(hello: Hello, max_image_size: int = 1 << 46) -> TransferSettings
         raise ProtocolError(f"page size {hello.page_size} is not {PAGE_SIZE}")
     if not 0 <= hello.image_size <= max_image_size:
         raise ProtocolError(f"image size {hello.image_size} is out of range")
+    if not 0 <= hello.stored_bytes <= hello.image_size:
+        raise ProtocolError(f"stored bytes {hello.stored_bytes} are not within the image")
     known = set(HANDLERS.names())
     if "ram" not in hello.handlers or not set(hello.handlers) <= known:
         raise ProtocolError(f"peer announced payload handlers {hello.handlers[:8]}; this "

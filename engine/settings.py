@@ -25,6 +25,9 @@ MAX_CHANNELS = 64
 # or a cut connection is recovered, a channel that keeps breaking is not retried forever.
 MAX_CHANNEL_FAILURES = 3
 MAX_PACKET_PAGES = 1024
+# Smaller device chunks cost a packet each: 1-byte chunks took an 8 MiB device 8 million
+# packets. A page is the smallest chunk that still moves at a useful rate.
+MIN_CHUNK_SIZE = PAGE_SIZE
 MAX_CHUNK_SIZE = 16 << 20
 MAX_WINDOW = 256
 
@@ -44,11 +47,27 @@ class TransferSettings:
         _check_range("channels", self.channels, 1, MAX_CHANNELS)
         _check_range("packet pages", self.packet_pages, 1, MAX_PACKET_PAGES)
         _check_range("window", self.window, 1, MAX_WINDOW)
-        _check_range("chunk size", self.chunk_size, 1, MAX_CHUNK_SIZE)
+        _check_range("chunk size", self.chunk_size, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
 
     @property
     def packet_bytes(self) -> int:
         return self.packet_pages * PAGE_SIZE
+
+
+# How long a sender waits for the receiver to answer, and a local receiver for its sender.
+CONNECT_TIMEOUT_S = 30.0
+
+# A cap below this leaves a 2 MiB packet on the wire for seconds, longer than the peers wait
+# for each other's heartbeats: 1K/s had an 8 MiB transfer still running after 90 s.
+MIN_BANDWIDTH = 1 << 20
+
+
+def check_bandwidth(rate: int) -> int:
+    """`rate` (bytes per second) if it is a cap a transfer can live with."""
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate < MIN_BANDWIDTH:
+        raise UsageError(f"max bandwidth must be at least 1M (1 MiB/s, about 8.4mbit), not "
+                         f"{rate!r} bytes per second")
+    return rate
 
 
 def _check_range(what: str, value: int, low: int, high: int) -> None:

@@ -25,8 +25,9 @@ from engine import digest, jobs
 from engine.jobs import WorkerConfig
 from engine.control import HEARTBEAT_S, ControlLink
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
-    VerificationFailed
-from engine.image import parse_location, source_size
+    VerificationFailed, peer_error
+from engine.aliases import FileId
+from engine.image import parse_location, source_size, stored_bytes
 from engine.pacing import Pacer
 from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.inflight import InFlight
@@ -35,10 +36,9 @@ from engine.protocol import (SESSION_BYTES, Complete, Fault, Heartbeat, Synced, 
                              new_hello)
 from engine.result import TransferResult, per_channel, total
 from engine.security import ClientKeys
-from engine.settings import PAGE_SIZE, TransferSettings
-from workers.handlers.device import NAME_PATTERN, device_key
+from engine.settings import CONNECT_TIMEOUT_S, PAGE_SIZE, TransferSettings, check_bandwidth
+from workers.handlers.device import check_device_name, device_key
 
-HANDSHAKE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -64,6 +64,18 @@ class _ScanMarker(_Marker):
     requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
+def check_device(name: str, state: Any) -> Path | None:
+    """UsageError unless `state` can be sent as device `name`: a good name, and bytes or a
+    readable file (whose path is returned; None for bytes)."""
+    check_device_name(name)
+    if isinstance(state, (bytes, bytearray, memoryview)):
+        return None
+    path = Path(state)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise UsageError(f"device {name}: {path} is not a readable file")
+    return path
+
+
 class Sender:
     """Sends one image (and device state) to a Receiver over `settings.channels` channels.
 
@@ -76,11 +88,14 @@ class Sender:
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
                  progress: Callable[[int], None] | None = None,
                  keys: ClientKeys | None = None, resume: bool = False,
-                 max_bandwidth: int | None = None) -> None:
-        """`max_bandwidth`: cap in bytes per second on the wire, shared by all channels."""
-        if max_bandwidth is not None and max_bandwidth <= 0:
-            raise UsageError(f"max bandwidth must be above zero, not {max_bandwidth}")
-        self.max_bandwidth = max_bandwidth
+                 max_bandwidth: int | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """`max_bandwidth`: cap in bytes per second on the wire, shared by all channels;
+        `connect_timeout`: how long to wait for the receiver to answer, in seconds."""
+        self.max_bandwidth = None if max_bandwidth is None else check_bandwidth(max_bandwidth)
+        if not connect_timeout > 0:
+            raise UsageError(f"the connect timeout must be above zero, not {connect_timeout}")
+        self.connect_timeout = connect_timeout
         self.location = parse_location(source)
         # Resuming: the receiver says what it has (pages, device chunks); sends skip that.
         self.resume = resume
@@ -130,7 +145,8 @@ class Sender:
         except BaseException as exc:
             if self._control is not None:  # tell the receiver rather than let it time out
                 try:
-                    self._control.send(Fault(message=f"sender failed to start: {exc}"))
+                    self._control.send(Fault(message=f"sender failed to start: {exc}",
+                                             kind=type(exc).__name__))
                 except EngineError:
                     pass
             self.close()  # __exit__ does not run when __enter__ raises
@@ -146,10 +162,12 @@ class Sender:
             image_size=self.image_size, handlers=("ram", "device"), keys=self.keys)
         self._workers = WorkerGroup(self._zmq, template, self.settings.channels)
         self._control = ControlLink.dial(self._zmq, self.endpoint, self.keys,
-                                         HANDSHAKE_TIMEOUT_S, routing_id=self.session)
+                                         self.connect_timeout, routing_id=self.session)
         self._control.send(new_hello(self.session, self.image_size, self.settings,
-                                     ["ram", "device"], resume=self.resume))
-        welcome = self._control.expect(Welcome, HANDSHAKE_TIMEOUT_S)
+                                     ["ram", "device"], resume=self.resume,
+                                     source=FileId.of(self.location.path),
+                                     stored_bytes=stored_bytes(self.location.path)))
+        welcome = self._control.expect(Welcome, self.connect_timeout)
         if self.resume:
             self._take_inventory(welcome)
         if welcome.session != self.session or len(welcome.ports) != self.settings.channels:
@@ -211,8 +229,7 @@ class Sender:
     def send_device(self, name: str, state: bytes | bytearray | memoryview | str | os.PathLike,
                     instance: int = 0) -> None:
         """Queue one device's state: bytes (spilled to a temporary file) or a file's path."""
-        if not NAME_PATTERN.fullmatch(name):
-            raise UsageError(f"device name {name!r} must be letters, digits, '.', '_' or '-'")
+        check_device(name, state)
         key = device_key(name, instance)
         path = self._device_file(key, state)
         size = path.stat().st_size
@@ -299,10 +316,7 @@ class Sender:
                 f.write(state)
             self._spilled.append(Path(name))
             return Path(name)
-        path = Path(state)
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise UsageError(f"device state {path} is not a readable file")
-        return path
+        return Path(state)
 
     def _submit(self, item: Any) -> None:
         """Queue a job stream or a marker; a job stream leaves the round unsynced."""
@@ -335,7 +349,8 @@ class Sender:
                 self._error = exc if isinstance(exc, EngineError) else TransferError(
                     f"internal error: {type(exc).__name__}: {exc}")
             try:
-                self._control.send(Fault(message=str(self._error)))
+                self._control.send(Fault(message=str(self._error),
+                                         kind=type(self._error).__name__))
             except EngineError:
                 pass  # the receiver is gone already
 
@@ -495,7 +510,7 @@ class _Dispatcher:
             self.s.verified_at = time.perf_counter()
             self.verdict = msg
         elif isinstance(msg, Fault):
-            raise TransferError(f"receiver failed: {msg.message}")
+            raise peer_error(msg.kind, f"receiver failed: {msg.message}")
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from the receiver")
 

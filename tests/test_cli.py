@@ -102,7 +102,7 @@ def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
     (["migrate", "{src}", "{dst}", "--compress", "zstd:99"], "zstd level"),
     (["migrate", "{src}", "{dst}", "--channels", "0"], "channels must be"),
     (["migrate", "{src}", "{dst}", "--channels", "1000"], "channels must be"),
-    (["migrate", "{src}", "{src}"], "exists; pass --force"),
+    (["migrate", "{src}", "{src}"], "which is the source"),
     (["migrate", "{src}", "{other}"], "exists with 100 bytes, the source has 8192"),
     (["migrate", "{src}", "{tmp}/nofolder/dst"], "does not exist"),
     (["migrate", "{src}", "{dst}", "--device", "nopath"], "NAME=PATH"),

@@ -157,7 +157,7 @@ def test_secret_keys_never_show_in_a_repr():
     (["receive", "{dst}", "--listen", "tcp://127.0.0.1:0", "--key", "{server_secret}",
       "--allow", "{allow}", "--insecure"], "--insecure contradicts"),
     (["receive", "{dst}", "--listen", "tcp://127.0.0.1:0", "--data-ports", "70000"],
-     "the first data port must be from 1 to 65535"),
+     "the first data port must be from 1 to 65472"),
     (["send", "{src}", "--to", "tcp://127.0.0.1:9", "--key", "{client_secret}"],
      "--server-key and --key go together"),
     (["send", "{src}", "--to", "tcp://127.0.0.1:9", "--key", "{client_open}",
@@ -216,6 +216,7 @@ def test_a_sender_with_the_wrong_server_key_fails_clearly(keys, image, tmp_path)
         receiver.communicate()
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines() == [
+        f"multifd: connecting to {endpoint}",
         f"multifd: error: encrypted handshake with {endpoint} failed: the receiver's key is "
         "not the one given as --server-key (or the receiver runs without keys)"]
     assert plain.returncode == 1

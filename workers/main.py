@@ -6,6 +6,7 @@ coordinator decides what the user sees.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import traceback
@@ -78,6 +79,12 @@ def run_worker(config: WorkerConfig) -> None:
     except zmq.ZMQError as exc:
         control.send(encode(jobs.Failure(
             error="PeerLost", message=f"channel {config.channel}: network error: {exc}")))
+    except OSError as exc:  # the files under us: a full disk, a folder gone, an I/O error
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = "the destination is full" if full else exc.strerror
+        control.send(encode(jobs.Failure(
+            error="TransferError",
+            message=f"channel {config.channel}: {reason} ({exc.filename or config.image_path})")))
     except Exception as exc:  # a bug: say where, keep the trace for whoever debugs it
         detail = traceback.format_exc() if os.environ.get("MULTIFD_DEBUG") else ""
         control.send(encode(jobs.Failure(

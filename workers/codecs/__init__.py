@@ -27,11 +27,13 @@ def session_codecs(spec: str) -> dict[str, Codec]:
 
 def make_codec(spec: str) -> Codec:
     """Build a codec from "NAME" or "NAME:LEVEL"; UsageError with a clear message if bad."""
-    name, _, level_text = spec.partition(":")
+    name, colon, level_text = spec.partition(":")
     try:
         cls = CODECS.load(name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if colon and not level_text:
+        raise UsageError(f"codec {spec!r} has an empty level: write {name} or {name}:LEVEL")
     level = None
     if level_text:
         try:

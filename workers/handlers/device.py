@@ -12,13 +12,28 @@ import re
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ProtocolError
+from engine.errors import ProtocolError, UsageError
 from workers.codecs import make_codec
 from workers.handlers.base import Encoded, HandlerContext, PayloadHandler
 
 MAX_DEVICE_BYTES = 64 << 30
 MAX_INSTANCE = 65535
+MAX_NAME_LENGTH = 128
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # use with fullmatch
+
+
+def check_device_name(name: str) -> None:
+    """UsageError, saying what is wrong, unless `name` can name a device (and its file)."""
+    if not isinstance(name, str) or not name:
+        raise UsageError("a device needs a name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(f"device name {name[:20]}... is {len(name)} characters long; at most "
+                         f"{MAX_NAME_LENGTH}")
+    if name in (".", ".."):
+        raise UsageError(f"device name {name!r} names a folder, not a file")
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"device name {name!r} must start with a letter or digit and hold "
+                         "only letters, digits, '.', '_' or '-'")
 
 
 def device_key(name: str, instance: int) -> str:
