@@ -24,7 +24,7 @@ from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_
 
 if TYPE_CHECKING:
     from engine.live import RoundReport
-    from engine.result import LiveResult
+    from engine.result import LiveResult, VmResult
 from engine.units import parse_rate, parse_size
 
 
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_receiver_options(migrate)
     migrate.add_argument("--curve", action="store_true",
                          help="encrypt loopback too (CURVE, fresh keys for this transfer)")
+    _add_qemu_option(migrate, "--qemu", "source")
+    _add_qemu_option(migrate, "--dest-qemu", "destination")
 
     send = commands.add_parser("send", help="send SRC to a waiting receiver")
     send.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                       f"(default {CONNECT_TIMEOUT_S:.0f})")
     _add_sender_options(send)
     _add_live_options(send)
+    _add_qemu_option(send, "--qemu", "source")
 
     receive = commands.add_parser("receive", help="wait for one transfer into DEST")
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow listening on a non-loopback address without keys")
     receive.add_argument("--data-ports", type=int, default=0, metavar="START",
                          help="channel i listens on port START+i (default: any free ports)")
+    _add_qemu_option(receive, "--qemu", "destination")
     _add_receiver_options(receive)
 
     keygen = commands.add_parser("keygen", help="write a CURVE key pair: DIR/NAME.key "
@@ -164,6 +168,16 @@ def _add_live_options(p: argparse.ArgumentParser) -> None:
                       help="shell command run if the migration fails after --pause-cmd")
 
 
+def _add_qemu_option(p: argparse.ArgumentParser, flag: str, side: str) -> None:
+    help = {"source": "the source VM's QMP socket: SRC is its shared RAM file; the engine "
+                      "pauses it (stop), sends its device state as device 'qemu', and "
+                      "resumes it if the migration fails",
+            "destination": "QMP socket of a destination QEMU waiting with -incoming defer "
+                           "whose shared RAM file is DEST: DEST is written in place, and "
+                           "once verified the guest runs there"}[side]
+    p.add_argument(flag, metavar="QMP_SOCKET", help=help)
+
+
 def _add_receiver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-dir", metavar="DIR",
                    help="folder for received device state (default DEST.devices)")
@@ -196,8 +210,13 @@ def live_from(args: argparse.Namespace) -> LiveSettings | None:
         if given:
             raise UsageError(f"{given[0]} needs --live")
         return None
-    if (args.pause_pid is None) == (args.pause_cmd is None):
-        raise UsageError("--live needs one way to pause the source: --pause-pid or --pause-cmd")
+    ways = [way for way in ("pause_pid", "pause_cmd", "qemu") if getattr(args, way) is not None]
+    if len(ways) != 1:
+        raise UsageError("--live needs one way to pause the source: --pause-pid, --pause-cmd "
+                         "or --qemu")
+    if args.qemu is not None and args.dirty == "log":
+        raise UsageError("--dirty log needs a writer that keeps SRC.dirty; QEMU exports no "
+                         "dirty log: use --dirty hash with --qemu")
     if args.resume_cmd is not None and args.pause_cmd is None:
         raise UsageError("--resume-cmd goes with --pause-cmd (--pause-pid resumes by itself)")
     chosen = {"dirty": args.dirty, "downtime_limit_ms": args.downtime_limit,
@@ -263,11 +282,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "receive":
         keys = receiver_keys(args)
         with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
-                      keys=keys, data_ports=args.data_ports) as receiver:
+                      keys=keys, data_ports=args.data_ports, qemu=args.qemu) as receiver:
             note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
             print(f"multifd: listening on {receiver.endpoint}{note}", file=sys.stderr,
                   flush=True)
             result = receiver.run()
+    elif args.qemu is not None or getattr(args, "dest_qemu", None) is not None:
+        result = run_vm_command(args, live_from(args))
     elif (live := live_from(args)) is not None:
         if args.resume:
             raise UsageError("--resume continues a one-pass transfer; it does not apply to --live")
@@ -321,6 +342,39 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
                 connect_timeout=args.connect_timeout) as sender:
         return run_live(sender, live, pause=source.pause, resume=source.resume, devices=devices,
                         on_round=on_round)
+
+
+def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmResult":
+    """`migrate/send --qemu`: a QEMU guest, paused for the copy or live (--live)."""
+    from engine.image import parse_location
+    from engine.local import check_inputs, run_locally
+    from engine.qemu.migration import migrate_vm, open_source
+    from engine.source import Sender
+
+    if args.qemu is None:
+        raise UsageError("--dest-qemu needs --qemu: the destination QEMU loads the device "
+                         "state that the source QEMU saves")
+    if args.resume:
+        raise UsageError("--resume does not apply to --qemu: migrate the running VM again")
+    settings = settings_from(args)
+    devices = devices_from(args.device)
+    on_round = _print_round if sys.stderr.isatty() else None
+    if args.command == "migrate":
+        check_inputs(args.src, args.dest, devices, args.device_dir, args.force,
+                     in_place=args.dest_qemu is not None)
+    with open_source(args.qemu, parse_location(args.src).path) as vm:
+        def transfer(sender: Sender) -> "VmResult":
+            return migrate_vm(sender, vm, live, devices, on_round)
+
+        if args.command == "migrate":
+            return run_locally(args.src, args.dest, transfer, settings, args.device_dir,
+                               args.force, curve=args.curve,
+                               max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu)
+        say_connecting(args.to)
+        with Sender(args.src, args.to, settings, keys=sender_keys(args),
+                    max_bandwidth=args.max_bandwidth,
+                    connect_timeout=args.connect_timeout) as sender:
+            return transfer(sender)
 
 
 def say_connecting(to: str) -> None:

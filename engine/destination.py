@@ -34,6 +34,7 @@ from engine.image import check_destination, check_free_space, create_partial, pa
 from engine.journal import Journal
 from engine.log import warn
 from engine.processes import ChannelLost, Recovery, WorkerGroup
+from engine.qemu.migration import QEMU_DEVICE, QemuSink, open_destination
 from engine.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict, Welcome,
                              check_hello)
 from engine.result import TransferResult, per_channel, total
@@ -51,15 +52,25 @@ class Receiver:
     With `keys`, only senders holding an allowed key get in, and every channel is encrypted
     (CURVE); a refused sender is reported on stderr and `run()` keeps waiting for another.
     `data_ports` pins the data ports (channel i listens on data_ports + i) for firewalls.
+    `qemu`: the QMP socket of a QEMU waiting with `-incoming defer` whose RAM file is
+    `destination`; the image is written in place and, once verified, the device state the
+    sender sent as device `qemu` is loaded there and the guest runs. A transfer that fails
+    never starts it: that QEMU is left waiting, as it was.
     """
 
     def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
                  device_dir: str | os.PathLike | None = None,
                  on_device: Callable[[str, int, bytes, bool], None] | None = None,
                  force: bool = False, keys: ServerKeys | None = None,
-                 data_ports: int = 0) -> None:
+                 data_ports: int = 0, qemu: str | None = None) -> None:
         self.location = parse_location(destination)
-        check_destination(self.location, force)
+        # With a destination QEMU, DEST is its RAM file: written in place (QEMU has it
+        # mapped: a renamed-over file would leave the guest on the old one).
+        self.vm = None
+        if qemu is not None:
+            self.vm = open_destination(qemu, self.location.path)
+        else:
+            check_destination(self.location, force)
         self.force = force
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
@@ -93,6 +104,8 @@ class Receiver:
         self._journal: Journal | None = None
         self._assembler: DeviceAssembler | None = None
         self._owned_device_dir: Path | None = None
+        self._qemu_sink: QemuSink | None = None
+        self.vm_state = ""  # the destination QEMU's run state once the transfer verified
 
     def __enter__(self) -> "Receiver":
         return self
@@ -106,18 +119,29 @@ class Receiver:
         link = ControlLink(self._socket, self.endpoint, identity)
         try:
             return self._serve(hello, link)
+        except EngineError as exc:
+            if self.vm is not None and not (self._qemu_sink and self._qemu_sink.loading):
+                exc = type(exc)(f"{exc}; the destination QEMU was not started: it still "
+                                "waits for an incoming migration, as it was")
+            self._fault(link, exc)
+            raise exc from None
         except BaseException as exc:
-            if isinstance(exc, EngineError):
-                reason = str(exc)
-            elif isinstance(exc, KeyboardInterrupt):
-                reason = "receiver interrupted"
-            else:
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-            try:
-                link.send(Fault(message=reason, kind=type(exc).__name__))
-            except EngineError:
-                pass
+            self._fault(link, exc)
             raise
+
+    @staticmethod
+    def _fault(link: ControlLink, exc: BaseException) -> None:
+        """Tell the sender why we stop (best effort: it may be gone)."""
+        if isinstance(exc, EngineError):
+            reason = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            reason = "receiver interrupted"
+        else:
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+        try:
+            link.send(Fault(message=reason, kind=type(exc).__name__))
+        except EngineError:
+            pass
 
     def close(self) -> None:
         """Stop the workers and clean up. After a failure a file destination stays as
@@ -129,7 +153,9 @@ class Receiver:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        if self.location.shared_memory:  # memory is not kept for a resume that may not come
+        if self.vm is not None:
+            self.vm.close()  # QEMU runs on (or waits on), with its capabilities as they were
+        if self.location.shared_memory and self.vm is None:  # not kept for a resume that may not come
             for path in (self._partial, self._journal and self._journal.path):
                 if path is not None:
                     path.unlink(missing_ok=True)
@@ -173,25 +199,38 @@ class Receiver:
         # Nothing exists yet: refuse to write the source, or a place too small, first.
         sources = {"the sender's source image": hello.source_id()}
         refuse_aliases(sources, destination_writes(self.location, self._device_folder()))
-        check_free_space(self.location, size, hello.stored_bytes, hello.resume)
+        in_place = self.vm is not None
+        if in_place and size != self.vm.backend.size:
+            raise DestinationRefused(f"the sender's image has {size} bytes, the destination "
+                                     f"QEMU's RAM {self.vm.backend.size}")
+        already = self.location.path if in_place else (
+            self.location.partial_path if hello.resume else None)
+        check_free_space(self.location, size, hello.stored_bytes, already)
+        journal_path = self.location.journal_path
         if hello.resume:
-            partial = self.location.partial_path
+            partial = self.location.path if in_place else self.location.partial_path
             if self.on_device is not None or not partial.is_file() \
                     or partial.stat().st_size != size:
                 raise ProtocolError(self._nothing_to_resume(size))
-            journal = Journal.resume(self.location.journal_path, size, settings.chunk_size)
+            journal = Journal.resume(journal_path, size, settings.chunk_size)
         else:
-            partial = create_partial(self.location, size)
-            self._partial = partial
+            partial = self.location.path if in_place else create_partial(self.location, size)
+            if not in_place:
+                self._partial = partial
             try:
-                journal = Journal.create(self.location.journal_path, size, settings.chunk_size)
+                journal = Journal.create(journal_path, size, settings.chunk_size,
+                                         holds_data=in_place)
             except OSError as exc:
                 raise DestinationRefused(f"cannot create {exc.filename}: {exc.strerror}") \
                     from None
-        self._partial, self._journal = partial, journal
+        self._journal = journal
+        if not in_place:
+            self._partial = partial
         staging = self._staging_dir()
         sink = CallbackSink(self.on_device) if self.on_device else DirectorySink(
             staging, self.force, sources)
+        if in_place:
+            sink = self._qemu_sink = QemuSink(self.vm, sink)
         self._assembler = assembler = DeviceAssembler(staging, settings.chunk_size, sink)
         welcome = Welcome(session=hello.session, ports=[])
         if hello.resume:
@@ -214,12 +253,19 @@ class Receiver:
         link.send(replace(welcome, ports=ports))
         transfer = _Transfer(link, workers, assembler, journal, size, ports)
         complete, image_digest = transfer.run()
-        os.replace(partial, self.location.path)
-        self._partial = None
-        assembler.commit()
+        if in_place:
+            if QEMU_DEVICE not in assembler.sizes():
+                raise TransferError(f"the sender sent no QEMU device state (device "
+                                    f"{QEMU_DEVICE!r}: send with --qemu)")
+        else:
+            os.replace(partial, self.location.path)
+            self._partial = None
+        assembler.commit()  # with a destination QEMU: loads its state, the guest runs
         journal.path.unlink()
         self._journal = None
-        link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes()))
+        self.vm_state = self.vm.state() if in_place else ""
+        link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes(),
+                          vm=self.vm_state))
         stats = transfer.counters
         workers.close()
         return TransferResult(

@@ -77,9 +77,11 @@ def stored_bytes(path: str | os.PathLike) -> int:
     return min(st.st_size, st.st_blocks * 512)
 
 
-def check_free_space(location: Location, image_size: int, stored: int, resume: bool) -> None:
+def check_free_space(location: Location, image_size: int, stored: int,
+                     already: Path | None = None) -> None:
     """Refuse up front a destination whose filesystem cannot hold the copy of a source whose
-    data occupies `stored` bytes (and the journal), rather than fail with ENOSPC half way."""
+    data occupies `stored` bytes (and the journal), rather than fail with ENOSPC half way;
+    `already`: the file the copy goes into, if it exists (a resumed or in-place copy)."""
     need = stored + Journal.bytes_for(image_size)
     folder = location.path.parent
     try:
@@ -87,9 +89,9 @@ def check_free_space(location: Location, image_size: int, stored: int, resume: b
     except OSError:
         return  # not our business to fail on: creating the file will say what is wrong
     free = fs.f_bavail * fs.f_frsize
-    if resume:
+    if already is not None:
         try:
-            need -= stored_bytes(location.partial_path)
+            need -= stored_bytes(already)
         except OSError:
             pass
     if need > free:

@@ -30,7 +30,8 @@ HEADER_BYTES = 4096  # the page map starts here; mmap offsets must be page align
 
 
 class Journal:
-    def __init__(self, path: Path, image_size: int, chunk_size: int, create: bool) -> None:
+    def __init__(self, path: Path, image_size: int, chunk_size: int, create: bool,
+                 holds_data: bool = False) -> None:
         self.path = path
         self.pages = (image_size + PAGE_SIZE - 1) // PAGE_SIZE
         self.records_at = self.bytes_for(image_size)
@@ -39,6 +40,9 @@ class Journal:
         if create:
             with open(path, "wb") as f:
                 f.write(msgpack.packb(header))
+                if holds_data:
+                    f.seek(HEADER_BYTES)
+                    f.write(bytes([HOLDS_DATA]) * self.pages)
                 f.truncate(self.records_at)
         else:
             self._check(header)
@@ -49,8 +53,11 @@ class Journal:
         return HEADER_BYTES + (image_size + PAGE_SIZE - 1) // PAGE_SIZE
 
     @classmethod
-    def create(cls, path: Path, image_size: int, chunk_size: int) -> "Journal":
-        return cls(path, image_size, chunk_size, create=True)
+    def create(cls, path: Path, image_size: int, chunk_size: int,
+               holds_data: bool = False) -> "Journal":
+        """A new journal; `holds_data`: the image is not a fresh zeroed file (a destination
+        written in place), so every page may hold data and zero pages are written too."""
+        return cls(path, image_size, chunk_size, create=True, holds_data=holds_data)
 
     @classmethod
     def resume(cls, path: Path, image_size: int, chunk_size: int) -> "Journal":

@@ -53,11 +53,12 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
 def check_inputs(source: str, destination: str,
                  devices: Mapping[str, bytes | str | os.PathLike] | None = None,
                  device_dir: str | os.PathLike | None = None, force: bool = False,
-                 resume: bool = False) -> None:
+                 resume: bool = False, in_place: bool = False) -> None:
     """Everything a copy on this machine can refuse before it creates anything (UsageError):
     an unreadable source or device file, a bad device name, a destination that exists
-    (without `force`), has no room, or would write the source or a device file under any
-    of its names (DEST, DEST.partial, DEST.journal, the device folder)."""
+    (without `force`; `in_place`: it must, a destination QEMU's RAM file), has no room, or
+    would write the source or a device file under any of its names (DEST, DEST.partial,
+    DEST.journal, the device folder)."""
     src, dest = parse_location(source), parse_location(destination)
     size = source_size(src)
     sources = {f"the source {src.text}": FileId.of(src.path)}
@@ -67,23 +68,27 @@ def check_inputs(source: str, destination: str,
             sources[f"the state of device {name} ({path})"] = FileId.of(path)
     folder = Path(device_dir) if device_dir else dest.default_device_dir
     refuse_aliases(sources, destination_writes(dest, folder, devices or {}))
-    check_destination(dest, force, size)
-    check_free_space(dest, size, stored_bytes(src.path), resume)
+    if not in_place:
+        check_destination(dest, force, size)
+    already = dest.path if in_place else dest.partial_path if resume else None
+    check_free_space(dest, size, stored_bytes(src.path), already)
 
 
 def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
                 settings: TransferSettings = TransferSettings(),
                 device_dir: str | os.PathLike | None = None, force: bool = False,
                 progress: Callable[[int], None] | None = None, curve: bool = False,
-                resume: bool = False, max_bandwidth: int | None = None) -> R:
+                resume: bool = False, max_bandwidth: int | None = None,
+                dest_qemu: str | None = None) -> R:
     """Serve `destination` on a loopback receiver thread while `transfer(sender)` sends to it.
 
     `transfer` drives the started Sender (rounds, devices, finish) and returns its result;
-    migrate() sends everything once, live migration (engine/live.py) sends rounds.
+    migrate() sends everything once, live migration (engine/live.py) sends rounds, a VM's
+    migration (engine/qemu/migration.py) either. `dest_qemu`: see Receiver's `qemu`.
     """
     server_keys, client_keys = ephemeral_keys() if curve else (None, None)
     receiver = Receiver(destination, "tcp://127.0.0.1:0", device_dir=device_dir, force=force,
-                        keys=server_keys)
+                        keys=server_keys, qemu=dest_qemu)
     outcome: dict[str, object] = {}
 
     def serve() -> None:

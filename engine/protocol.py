@@ -91,10 +91,14 @@ class Complete:
 
 @message("verdict")
 class Verdict:
+    """The destination's word on the transfer; `vm`: the run state of the destination QEMU
+    it started (receive --qemu), "" without one."""
+
     ok: bool
     message: str
     digest: str
     devices: dict[str, int]
+    vm: str = ""
 
 
 @message("fault")

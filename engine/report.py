@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import json
 
-from engine.result import LiveResult, TransferResult
+from engine.result import LiveResult, TransferResult, VmResult
 
 
-def json_line(result: TransferResult | LiveResult) -> str:
+def json_line(result: TransferResult | LiveResult | VmResult) -> str:
     return json.dumps(result.to_json(), sort_keys=True)
 
 
-def print_summary(result: TransferResult | LiveResult, title: str | None = None) -> None:
+def print_summary(result: TransferResult | LiveResult | VmResult,
+                  title: str | None = None) -> None:
     from rich.console import Console  # only here: a --json run starts faster without rich
     from rich.table import Table
+    vm = result if isinstance(result, VmResult) else None
+    result = vm.migration if vm else result
     live = result if isinstance(result, LiveResult) else None
     result = live.transfer if live else result
-    title = title or ("live migration verified" if live else "transfer verified")
+    title = title or ("VM migrated" if vm else "live migration verified" if live
+                      else "transfer verified")
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -38,6 +42,10 @@ def print_summary(result: TransferResult | LiveResult, title: str | None = None)
              for i, c in enumerate(result.per_channel)]
     if live is not None:
         rows += _live_rows(live)
+    if vm is not None:
+        rows += [("VM downtime", f"{vm.downtime_ms:.0f} ms (pause to the guest running)"),
+                 ("VM states", ", ".join(f"{side} {state or '-'}"
+                                         for side, state in vm.vm.items()))]
     for row in rows:
         table.add_row(*row)
     Console().print(table)

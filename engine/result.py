@@ -83,3 +83,18 @@ class LiveResult:
             live[key] = round(live[key], 2)
         out.update(live)
         return out
+
+
+@dataclass(frozen=True)
+class VmResult:
+    """A migrated VM: the verified transfer (a live migration's, with --live), the downtime
+    from the pause to the destination guest running, and the states both QEMUs reported."""
+
+    migration: TransferResult | LiveResult
+    downtime_ms: float
+    vm: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.migration.to_json()
+        out.update(downtime_ms=round(self.downtime_ms, 2), vm=self.vm)
+        return out

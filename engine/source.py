@@ -127,6 +127,8 @@ class Sender:
         # When the destination's verdict arrived (perf_counter), before our workers stopped:
         # the end of a live migration's downtime.
         self.verified_at: float | None = None
+        # The destination QEMU's run state in the verdict ("" without one: receive --qemu).
+        self.destination_vm = ""
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -508,6 +510,7 @@ class _Dispatcher:
             if not msg.ok:
                 raise VerificationFailed(f"destination did not verify: {msg.message}")
             self.s.verified_at = time.perf_counter()
+            self.s.destination_vm = msg.vm
             self.verdict = msg
         elif isinstance(msg, Fault):
             raise peer_error(msg.kind, f"receiver failed: {msg.message}")

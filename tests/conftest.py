@@ -51,3 +51,21 @@ def second_loopback_address():
     except OSError:
         pytest.skip("127.0.0.2 is not a loopback address here")
     return "127.0.0.2"
+
+
+@pytest.fixture(scope="session")
+def guest_disk(tmp_path_factory):
+    """The page-stamp guest (tests/guest), assembled from source once per run."""
+    from engine.qemu.guest import build_guest
+    return build_guest(tmp_path_factory.mktemp("guest"))
+
+
+@pytest.fixture
+def lab(guest_disk):
+    """Starts real QEMUs with the guest; kills them and removes their files afterwards."""
+    from vm_lab import Lab
+    lab = Lab(guest_disk)
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ SMALL_ARGS = {
     "rounds.py": (["--size", "4M", "--rounds", "2"], "verified: True"),
     "curve_cost.py": (["--size", "8M", "--runs", "1", "--codecs", "none"], "CURVE/plain"),
     "live_guest.py": (["--size", "8M", "--rate", "16M", "--json"], '"identical": true'),
+    "qemu_guest.py": (["--ram", "64M", "--pages", "1024", "--compare-qemu"], "consistent"),
 }
+NEEDS_QEMU = {"qemu_guest.py"}
 
 
 def test_every_example_has_small_arguments():
@@ -27,6 +30,8 @@ def test_every_example_has_small_arguments():
 
 @pytest.mark.parametrize("script", sorted(SMALL_ARGS))
 def test_example_runs(script):
+    if script in NEEDS_QEMU and shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (.ci/run installs it)")
     args, expected = SMALL_ARGS[script]
     run = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
                          capture_output=True, text=True, timeout=120, cwd=ROOT,

@@ -216,8 +216,8 @@ def test_a_failure_after_the_pause_resumes_the_source(image, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--dirty", "log"], "--dirty needs --live"),
     (["--pause-pid", "{pid}"], "--pause-pid needs --live"),
-    (["--live"], "--pause-pid or --pause-cmd"),
-    (["--live", "--pause-pid", "{pid}", "--pause-cmd", "true"], "--pause-pid or --pause-cmd"),
+    (["--live"], "--pause-pid, --pause-cmd or --qemu"),
+    (["--live", "--pause-pid", "{pid}", "--pause-cmd", "true"], "--pause-pid, --pause-cmd or --qemu"),
     (["--live", "--pause-pid", "{pid}", "--resume-cmd", "true"], "goes with --pause-cmd"),
     (["--live", "--pause-pid", "999999999"], "no process 999999999"),
     (["--live", "--pause-cmd", "true", "--dirty", "log"], "dirty log"),
