@@ -19,8 +19,8 @@ from engine.settings import TransferSettings
 
 __version__ = "0.1.0"
 
-_LAZY = {"Receiver": "engine.destination", "migrate": "engine.local",
-         "TransferResult": "engine.result", "Sender": "engine.source"}
+_LAZY = {"Receiver": "engine.coordinator.receiver", "migrate": "engine.coordinator.local",
+         "TransferResult": "engine.coordinator.result", "Sender": "engine.coordinator.sender"}
 
 
 def __getattr__(name: str) -> Any:

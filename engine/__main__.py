@@ -7,12 +7,12 @@ twice in a row (BENCHMARKS.md, "start-up").
 import os
 import sys
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see engine/forkserver.py: no BLAS here
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see engine/coordinator/forkserver.py: no BLAS here
 
-from engine import forkserver  # noqa: E402
+from engine.coordinator import forkserver  # noqa: E402
 
 forkserver.start()
 
-from engine.cli import main  # noqa: E402  (after the forkserver on purpose)
+from engine.cli.commands import main  # noqa: E402  (after the forkserver on purpose)
 
 sys.exit(main())

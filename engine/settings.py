@@ -75,7 +75,7 @@ def _check_range(what: str, value: int, low: int, high: int) -> None:
         raise UsageError(f"{what} must be a whole number from {low} to {high}, not {value!r}")
 
 
-# Live migration (engine/live.py). QEMU's default downtime-limit is 300 ms.
+# Live migration (engine/live/rounds.py). QEMU's default downtime-limit is 300 ms.
 DEFAULT_DOWNTIME_LIMIT_MS = 300
 # Pre-copy rounds before the no-convergence policy decides. Xen's pre-copy gave up after 29
 # iterations (max_iters in xc_domain_save); QEMU iterates without a bound. A writer that has
@@ -91,7 +91,7 @@ class LiveSettings:
     """How a live migration finds dirty pages and decides when to stop the source.
 
     dirty: "log" (the writer keeps a dirty log beside the region) or "hash" (the workers
-      compare page hashes); see engine/dirty.py.
+      compare page hashes); see engine/live/dirty.py.
     on_no_convergence: after max_rounds rounds that did not fit the downtime limit,
       "switchover" pauses the source anyway (longer downtime, reported as not converged) and
       "fail" gives up with NotConverged, leaving the source running.

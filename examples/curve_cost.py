@@ -30,7 +30,7 @@ from pathlib import Path
 
 import zmq
 
-from engine.samples import write_sample
+from engine.tools.samples import write_sample
 from engine.security import ephemeral_keys
 from engine.units import parse_size
 

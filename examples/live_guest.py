@@ -11,7 +11,7 @@ checks the destination:
   one edge on the pages hold one less (the guest was stopped mid-sweep);
 - identical: the destination equals the paused source byte for byte.
 The guest cooperates by default (`--dirty log`): it adds 1 to a page's counter in the dirty
-log (engine/dirty.py) before and after writing the page, as a hypervisor's dirty logging
+log (engine/live/dirty.py) before and after writing the page, as a hypervisor's dirty logging
 would. `--dirty hash` has it write blindly and the engine compare page hashes instead.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from engine import EngineError, TransferSettings
-from engine.dirty import LOG_ENTRY, create_dirty_log
-from engine.image import SHM_DIR, map_file
-from engine.live import migrate_live
-from engine.pause import ProcessPause
-from engine.report import print_summary
+from engine.live.dirty import LOG_ENTRY, create_dirty_log
+from engine.storage.image import SHM_DIR, map_file
+from engine.live.rounds import migrate_live
+from engine.live.pause import ProcessPause
+from engine.cli.summary import print_summary
 from engine.settings import PAGE_SIZE, LiveSettings
 from engine.units import parse_size
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import engine
-from engine.samples import sample_bytes, write_sample
+from engine.tools.samples import sample_bytes, write_sample
 from engine.units import parse_size
 
 

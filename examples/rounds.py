@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine.samples import write_sample
+from engine.tools.samples import write_sample
 from engine.settings import PAGE_SIZE
 from engine.units import parse_size
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.samples import write_sample
+from engine.tools.samples import write_sample
 
 ENGINE_TIMEOUT_S = 120
 

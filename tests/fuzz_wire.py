@@ -29,10 +29,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from engine.devices import CallbackSink, DeviceAssembler  # noqa: E402
+from engine.coordinator.assembly import CallbackSink, DeviceAssembler  # noqa: E402
 from engine.errors import ProtocolError  # noqa: E402
-from engine.framing import encode  # noqa: E402
-from engine.protocol import (MAGIC, VERSION, ChannelRules, Init, Packet, Sync,  # noqa: E402
+from engine.wire.framing import encode  # noqa: E402
+from engine.wire.protocol import (MAGIC, VERSION, ChannelRules, Init, Packet, Sync,  # noqa: E402
                              checksum)
 from engine.settings import PAGE_SIZE, TransferSettings  # noqa: E402
 from workers.handlers import HANDLERS, HandlerContext  # noqa: E402

@@ -11,9 +11,9 @@ import pytest
 
 import engine
 from engine import TransferSettings, UsageError
-from engine.bench.matrix import Axis, cells, schedule
+from engine.tools.bench.matrix import Axis, cells, schedule
 from engine.errors import ProtocolError
-from engine.pacing import Pacer, TokenBucket
+from engine.coordinator.pacing import Pacer, TokenBucket
 from engine.settings import PAGE_SIZE
 from engine.units import parse_rate
 from workers.codecs import make_codec

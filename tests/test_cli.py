@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import Sender, VerificationFailed
-from engine.samples import sample_bytes
+from engine.tools.samples import sample_bytes
 
 MiB = 1 << 20
 JSON_KEYS = {"ok", "bytes", "seconds", "gib_per_s", "wire_bytes", "normal_pages", "zero_pages",

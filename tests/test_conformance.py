@@ -27,18 +27,18 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.journal import APPLIED, HOLDS_DATA
-from engine import jobs
-from engine.devices import DeviceAssembler
+from engine.storage.journal import APPLIED, HOLDS_DATA
+from engine.wire import jobs
+from engine.coordinator.assembly import DeviceAssembler
 from engine.errors import CorruptPayload, ProtocolError, UsageError
-from engine.framing import decode, encode
-from engine.image import map_file
-from engine.partition import chunk_spans, list_packets, range_packets
-from engine.protocol import ChannelRules, Packet, checksum
+from engine.wire.framing import decode, encode
+from engine.storage.image import map_file
+from engine.coordinator.partition import chunk_spans, list_packets, range_packets
+from engine.wire.protocol import ChannelRules, Packet, checksum
 from engine.settings import PAGE_SIZE, TransferSettings
 from workers.codecs import CODECS, Codec, make_codec
 from workers.handlers import HANDLERS, Encoded, HandlerContext, PayloadHandler
-from workers.handlers.device import MAX_DEVICE_BYTES, device_key, staging_path
+from engine.storage.device_files import MAX_DEVICE_BYTES, device_key, staging_path
 
 KiB, MiB = 1 << 10, 1 << 20
 # names it, so that the test cannot pass as 'expected failure' for any other reason.
@@ -626,7 +626,7 @@ class Scenario:
 
 
 def holds_data(s: "Ram") -> np.ndarray:
-    """Which destination pages the journal says may hold data (engine/journal.py)."""
+    """Which destination pages the journal says may hold data (engine/storage/journal.py)."""
     return (s.written & HOLDS_DATA) // HOLDS_DATA
 
 

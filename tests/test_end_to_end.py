@@ -11,7 +11,7 @@ import pytest
 
 import engine
 from engine import Receiver, Sender, TransferSettings, VerificationFailed
-from engine.samples import sample_bytes
+from engine.tools.samples import sample_bytes
 from engine.settings import PAGE_SIZE
 
 MiB = 1 << 20

@@ -1,4 +1,4 @@
-"""Hostile and broken input against real `receive` processes: every case of engine/hostile.py.
+"""Hostile and broken input against real `receive` processes: every case of engine/tools/hostile/cases.py.
 
 For each case: a clear one-line error and no traceback; the receiver keeps serving (a real
 transfer afterwards, or our own legitimate one, verifies) or fails the transfer with exit
@@ -18,7 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import hostile
+from engine.tools.hostile.cases import names_of
+from engine.tools.hostile.runner import run as run_cases
+from engine.tools.hostile.wire import PAGE
 from engine.errors import UsageError
 from engine.settings import PAGE_SIZE
 import fuzz_wire
@@ -66,7 +68,7 @@ def run_sender_case(name: str, folder: Path) -> dict:
     folder.mkdir()
     receiver = Watched(folder / "dst")
     try:
-        (outcome,) = hostile.run(receiver.endpoint, [name])
+        (outcome,) = run_cases(receiver.endpoint, [name])
     finally:
         code, err = receiver.finish()
     partial = folder / "dst.partial"
@@ -80,13 +82,13 @@ def run_sender_case(name: str, folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def sender_results(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("hostile-senders")
-    names = hostile.names_of("sender")
+    names = names_of("sender")
     with ThreadPoolExecutor(PARALLEL_RECEIVERS) as pool:
         results = pool.map(lambda n: run_sender_case(n, root / n), names)
         return dict(zip(names, results))
 
 
-@pytest.mark.parametrize("name", hostile.names_of("sender"))
+@pytest.mark.parametrize("name", names_of("sender"))
 def test_a_malicious_sender_fails_the_transfer_cleanly(sender_results, name):
     result = sender_results[name]
     outcome = result["outcome"]
@@ -110,7 +112,7 @@ def test_strangers_before_a_transfer_are_refused_and_the_receiver_keeps_waiting(
                                                                                 tmp_path):
     src = image(3 << 20)
     receiver = Watched(tmp_path / "dst")
-    outcomes = hostile.run(receiver.endpoint, hostile.names_of("waiting"))
+    outcomes = run_cases(receiver.endpoint, names_of("waiting"))
     send = subprocess.run([sys.executable, "-m", "engine", "send", str(src), "--to",
                            receiver.endpoint], capture_output=True, text=True, timeout=60)
     code, err = receiver.finish()
@@ -127,7 +129,7 @@ def test_strangers_before_a_transfer_are_refused_and_the_receiver_keeps_waiting(
 
 def test_strangers_during_a_transfer_are_refused_and_the_transfer_verifies(tmp_path):
     receiver = Watched(tmp_path / "dst")
-    outcomes = hostile.run(receiver.endpoint, hostile.names_of("stranger"))
+    outcomes = run_cases(receiver.endpoint, names_of("stranger"))
     code, err = receiver.finish()
     for outcome in outcomes:
         print(f"\n{outcome.case}: {outcome.verdict}: {outcome.detail}")
@@ -137,14 +139,14 @@ def test_strangers_during_a_transfer_are_refused_and_the_transfer_verifies(tmp_p
     assert code == 0, err
     assert_clean_stderr(err)
     assert sorted(os.listdir(tmp_path)) == ["dst"]
-    assert (tmp_path / "dst").read_bytes() == hostile.PAGE
+    assert (tmp_path / "dst").read_bytes() == PAGE
     assert receiver.peak_rss < MAX_RSS
 
 
 @pytest.mark.parametrize("other", ["packet-truncated", "busy-hello"])
 def test_the_tool_runs_a_sender_case_alone(other):
     with pytest.raises(UsageError, match="run it alone"):
-        hostile.run("tcp://127.0.0.1:9", ["packet-random-bytes", other])
+        run_cases("tcp://127.0.0.1:9", ["packet-random-bytes", other])
 
 
 def test_a_short_fuzz_run_of_the_receive_path_raises_only_engine_errors():

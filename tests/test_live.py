@@ -13,10 +13,10 @@ import psutil
 import pytest
 
 from engine import TransferSettings, UsageError
-from engine.dirty import LogTracker, create_dirty_log
+from engine.live.dirty import LogTracker, create_dirty_log
 from engine.errors import ProtocolError
-from engine.image import map_file
-from engine.live import migrate_live
+from engine.storage.image import map_file
+from engine.live.rounds import migrate_live
 from engine.settings import PAGE_SIZE
 from workers.handlers import HandlerContext
 from workers.handlers.ram import RamHandler
@@ -34,8 +34,8 @@ LIVE_KEYS = {"ok", "rounds", "pages_per_round", "seconds_per_round", "rate", "di
 WRITER = """
 import sys, time
 import numpy as np
-from engine.dirty import LOG_ENTRY
-from engine.image import map_file
+from engine.live.dirty import LOG_ENTRY
+from engine.storage.image import map_file
 region, log, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 first = np.frombuffer(map_file(region, writable=True), dtype=np.uint8)[::4096]
 counters = np.frombuffer(map_file(log, writable=True), dtype=LOG_ENTRY) if log != "-" else None

@@ -17,18 +17,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import framing, jobs, protocol
-from engine.barrier import SyncBarrier
+from engine.wire import framing, jobs, protocol
+from engine.coordinator.barrier import SyncBarrier
 from engine.errors import CorruptPayload, ProtocolError
-from engine.framing import MAX_HEADER_BYTES, decode, encode
-from engine.partition import chunk_spans, list_packets, range_packets, runs_bytes
-from engine.protocol import (MAGIC, SESSION_BYTES, VERSION, Ack, ChannelRules, Complete, Hello,
+from engine.wire.framing import MAX_HEADER_BYTES, decode, encode
+from engine.coordinator.partition import chunk_spans, list_packets, range_packets, runs_bytes
+from engine.wire.protocol import (MAGIC, SESSION_BYTES, VERSION, Ack, ChannelRules, Complete, Hello,
                              Init, Packet, Sync, checksum, check_hello, new_hello)
 from engine.settings import PAGE_SIZE, TransferSettings
+from engine.coordinator.processes import check_codecs, handler_names
 
 SESSION = bytes(range(SESSION_BYTES))
 # names it, so that the test cannot pass as 'expected failure' for any other reason.
 OTHER_SESSION = bytes(reversed(range(SESSION_BYTES)))
+
+
+def accept(hello: Hello, **limits) -> TransferSettings:
+    """check_hello as our receiver calls it: with our workers' handlers and codecs."""
+    return check_hello(hello, handler_names(), check_codecs, **limits)
 
 
 # -- every registered message, found by looking, so a new one is covered automatically ------
@@ -328,18 +334,18 @@ def good_hello(**changes: Any) -> Hello:
 
 
 def test_a_good_hello_passes_and_yields_its_settings():
-    settings = check_hello(good_hello())
+    settings = accept(good_hello())
     assert settings == TransferSettings(channels=4, compress="zstd:3", packet_pages=64,
                                         window=4, chunk_size=1 << 16)
 
 
 def test_a_hello_survives_the_wire_and_still_passes():
-    assert check_hello(decode(encode(good_hello()), Hello)).channels == 4
+    assert accept(decode(encode(good_hello()), Hello)).channels == 4
 
 
 def test_hello_accepts_an_empty_image_and_the_largest_allowed_one():
-    check_hello(good_hello(image_size=0))
-    check_hello(good_hello(image_size=1 << 20), max_image_size=1 << 20)
+    accept(good_hello(image_size=0))
+    accept(good_hello(image_size=1 << 20), max_image_size=1 << 20)
 
 
 @pytest.mark.parametrize("changes", [
@@ -354,25 +360,25 @@ def test_hello_accepts_an_empty_image_and_the_largest_allowed_one():
 ], ids=repr)
 def test_hello_with_a_bad_field_is_refused(changes):
     with pytest.raises(ProtocolError):
-        check_hello(good_hello(**changes))
+        accept(good_hello(**changes))
 
 
 def test_hello_refuses_an_image_over_the_receivers_limit():
     with pytest.raises(ProtocolError, match="out of range"):
-        check_hello(good_hello(image_size=(1 << 20) + 1), max_image_size=1 << 20)
+        accept(good_hello(image_size=(1 << 20) + 1), max_image_size=1 << 20)
 
 
 @pytest.mark.parametrize("field", ["compress", "device_compress"])
 @pytest.mark.parametrize("codec", ["bogus", "zstd:99", "none:1"])
 def test_hello_with_a_codec_this_side_cannot_load_is_refused(field, codec):
     with pytest.raises(ProtocolError):
-        check_hello(good_hello(**{field: codec}))
+        accept(good_hello(**{field: codec}))
 
 
 @pytest.mark.parametrize("handlers", [["ram", "no-such-handler"], []], ids=repr)
 def test_hello_with_handlers_this_side_cannot_load_is_refused(handlers):
     with pytest.raises(ProtocolError):
-        check_hello(good_hello(handlers=handlers))
+        accept(good_hello(handlers=handlers))
 
 
 # -- the channel rules ----------------------------------------------------------------------

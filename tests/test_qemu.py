@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from engine.qemu.qmp import QMP
 from engine.qemu.guest import check_consistent, read_generation

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from engine.samples import KINDS, PAGE, page_kinds, sample_bytes, write_sample
+from engine.tools.samples import KINDS, PAGE, page_kinds, sample_bytes, write_sample
 
 MiB = 1 << 20
 CONTENT_KINDS = ("text", "binary", "random")

@@ -15,8 +15,8 @@ import pytest
 import zmq
 
 from engine import AuthenticationFailed, Receiver, Sender, TransferSettings, UsageError
-from engine.jobs import WorkerConfig
-from engine.samples import write_sample
+from workers.config import WorkerConfig
+from engine.tools.samples import write_sample
 from engine.security import (ClientKeys, connect_checked, ephemeral_keys, load_client_keys,
                              load_server_keys, write_key_pair)
 from tcp_proxy import free_port_run, receiver_behind_proxy

@@ -19,11 +19,12 @@ from typing import Any, Callable
 
 import zmq
 
-from engine import digest, jobs
+from engine.storage import digest
+from engine.wire import jobs
 from engine.errors import PeerLost, ProtocolError
-from engine.framing import decode, encode
+from engine.wire.framing import decode, encode
 from engine.log import warn
-from engine.protocol import MAGIC, VERSION, Ack, ChannelRules, Fault, Init, Packet, Sync, checksum
+from engine.wire.protocol import MAGIC, VERSION, Ack, ChannelRules, Fault, Init, Packet, Sync, checksum
 from engine.settings import TransferSettings
 from workers.gauge import LinkState, SendGauge
 from workers.handlers import PayloadHandler
@@ -58,6 +59,12 @@ class ChannelLoop:
     def watch(self, socket: zmq.Socket, reader: Callable[[], None]) -> None:
         self.poller.register(socket, zmq.POLLIN)
         self.readers[socket] = reader
+
+    def count(self, wire_bytes: int, started: float) -> None:
+        """One packet through this channel: its bytes and the time it took us."""
+        self.counters["packets"] += 1
+        self.counters["bytes"] += wire_bytes
+        self.counters["busy_s"] += time.perf_counter() - started
 
     def tell(self, msg: Any) -> None:
         self.control.send(encode(msg))
@@ -162,9 +169,7 @@ class SourceChannel(ChannelLoop):
         wire = len(header) + sum(len(f) for f in encoded.frames)
         self.unacked.append((job.seq, wire))
         self.gauge.sent()
-        self.counters["packets"] += 1
-        self.counters["bytes"] += wire
-        self.counters["busy_s"] += time.perf_counter() - started
+        self.count(wire, started)
 
     def on_data(self, frames: list[zmq.Frame]) -> None:
         msg = decode(frames[0].bytes, Ack, Fault)
@@ -237,9 +242,7 @@ class DestinationChannel(ChannelLoop):
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             # The sender's connection broke: its replacement re-sends, we ack again then.
-        self.counters["packets"] += 1
-        self.counters["bytes"] += sum(len(p) for p in parts)
-        self.counters["busy_s"] += time.perf_counter() - started
+        self.count(sum(len(p) for p in parts), started)
 
     def on_sync(self, msg: Sync) -> None:
         if msg.round < self.round or (msg.round == self.round and self.parked):

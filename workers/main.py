@@ -1,6 +1,6 @@
 """Worker process entry point: map the image, load the handlers by name, run one channel.
 
-A worker is started by its coordinator (engine/processes.py) with a WorkerConfig and talks to
+A worker is started by its coordinator (engine/coordinator/processes.py) with a WorkerConfig and talks to
 it over an IPC socket. Every failure becomes a Failure message with one clear sentence; the
 coordinator decides what the user sees.
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from engine import jobs
-from engine.jobs import WorkerConfig
+from engine.wire import jobs
+from workers.config import WorkerConfig
 from engine.errors import EngineError, UsageError
-from engine.framing import MAX_HEADER_BYTES, encode
-from engine.image import map_file
-from engine.journal import HEADER_BYTES
+from engine.wire.framing import MAX_HEADER_BYTES, encode
+from engine.storage.image import map_file
+from engine.storage.journal import HEADER_BYTES
 from engine.settings import PAGE_SIZE
 from workers.channel import DestinationChannel, SourceChannel
 from workers.handlers import HANDLERS, HandlerContext
@@ -100,9 +100,8 @@ def run_worker(config: WorkerConfig) -> None:
 
 
 def _bind_data(data: zmq.Socket, config: WorkerConfig, loop: DestinationChannel) -> None:
-    max_payload = max(h.max_payload() for h in loop.handlers.values())
     data.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    data.setsockopt(zmq.MAXMSGSIZE, max_payload + MAX_HEADER_BYTES)
+    data.setsockopt(zmq.MAXMSGSIZE, loop.rules.max_payload + MAX_HEADER_BYTES)
     data.rcvhwm = config.settings.window + 8
     data.ipv6 = config.listen_host.startswith("[")
     # A replacement worker binds its predecessor's port; --data-ports pins them all.

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from engine.errors import TransferError, UsageError
-from engine.result import VmResult
+from engine.coordinator.result import VmResult
 from engine.qemu.qmp import NotQMP, QMPError
 from engine.qemu.vm import DestinationVM, SourceVM, VmRefused
 
 if TYPE_CHECKING:
-    from engine.live import RoundReport
+    from engine.live.rounds import RoundReport
     from engine.settings import LiveSettings
-    from engine.source import Sender
+    from engine.coordinator.sender import Sender
 
 QEMU_DEVICE = "qemu"  # the device name QEMU's device state travels under
 
@@ -64,7 +64,7 @@ def migrate_vm(sender: "Sender", vm: SourceVM, live: "LiveSettings | None" = Non
     from the start. Its device state follows the last RAM as device `qemu`, with `devices`.
     If anything fails after the pause, the VM runs again; after success it stays paused
     (postmigrate), as after QEMU's own migration."""
-    from engine.live import run_live
+    from engine.live.rounds import run_live
 
     def device_state() -> dict[str, Any]:
         with qemu_errors():

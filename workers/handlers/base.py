@@ -40,7 +40,7 @@ class HandlerContext:
     image: Any = None
     image_path: str | None = None
     fresh: bool = True
-    written: np.ndarray | None = None  # destination: page states, see engine/journal.py
+    written: np.ndarray | None = None  # destination: page states, see engine/storage/journal.py
     device_dir: Path | None = None
     link: Callable[[], LinkState] = lambda: IDLE_LINK
 
@@ -88,7 +88,7 @@ class PayloadHandler(ABC):
         """Inspect the source between packets and answer the coordinator (source side only).
 
         The RAM handler hashes a range of pages here to find the pages that changed since
-        the previous scan of the same range (live migration, engine/dirty.py). A handler may
+        the previous scan of the same range (live migration, engine/live/dirty.py). A handler may
         keep state between scans; the coordinator sends a given spec to the same worker each
         time. The answer must be small (it travels as one IPC message, well under 256 KiB).
         Handlers that cannot scan refuse with ProtocolError.

@@ -2,48 +2,20 @@
 
 Chunks of one device may arrive on any channel in any order. The destination worker writes
 each chunk at its place (index x chunk size) in the device's staging file and tells its
-coordinator, which loads the device strictly in chunk order (engine/devices.py). So nothing
+coordinator, which loads the device strictly in chunk order (engine/coordinator/assembly.py). So nothing
 is buffered in memory while waiting for an earlier chunk on a slower channel.
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ProtocolError, UsageError
+from engine.errors import ProtocolError
+from engine.storage.device_files import (MAX_DEVICE_BYTES, MAX_INSTANCE, NAME_PATTERN,
+                                         device_key, staging_path)
 from workers.codecs import make_codec
 from workers.handlers.base import Encoded, HandlerContext, PayloadHandler
-
-MAX_DEVICE_BYTES = 64 << 30
-MAX_INSTANCE = 65535
-MAX_NAME_LENGTH = 128
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # use with fullmatch
-
-
-def check_device_name(name: str) -> None:
-    """UsageError, saying what is wrong, unless `name` can name a device (and its file)."""
-    if not isinstance(name, str) or not name:
-        raise UsageError("a device needs a name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise UsageError(f"device name {name[:20]}... is {len(name)} characters long; at most "
-                         f"{MAX_NAME_LENGTH}")
-    if name in (".", ".."):
-        raise UsageError(f"device name {name!r} names a folder, not a file")
-    if not NAME_PATTERN.fullmatch(name):
-        raise UsageError(f"device name {name!r} must start with a letter or digit and hold "
-                         "only letters, digits, '.', '_' or '-'")
-
-
-def device_key(name: str, instance: int) -> str:
-    """The name a device goes by in summaries and as its file: NAME, or NAME.INSTANCE."""
-    return name if instance == 0 else f"{name}.{instance}"
-
-
-def staging_path(device_dir: Path, key: str) -> Path:
-    return device_dir / f".{key}.partial"
-
 
 class DeviceHandler(PayloadHandler):
     kind = "device"

@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 
 from engine.errors import ProtocolError, TransferError
-from engine.journal import APPLIED, HOLDS_DATA
+from engine.storage.journal import APPLIED, HOLDS_DATA
 from engine.settings import PAGE_SIZE
 from workers.codecs import session_codecs
 from workers.codecs.adaptive import AdaptiveChoice

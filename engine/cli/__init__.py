@@ -1,0 +1,3 @@
+"""The command line (`multifd`, `python -m engine`): commands, progress, the summary table, the
+demo.
+"""

@@ -1,0 +1,65 @@
+"""How a result is shown: one JSON line for machines, a table for people."""
+from __future__ import annotations
+
+import json
+
+from engine.coordinator.result import LiveResult, TransferResult, VmResult
+
+
+def json_line(result: TransferResult | LiveResult | VmResult) -> str:
+    return json.dumps(result.to_json(), sort_keys=True)
+
+
+def print_summary(result: TransferResult | LiveResult | VmResult,
+                  title: str | None = None) -> None:
+    from rich.console import Console  # only here: a --json run starts faster without rich
+    from rich.table import Table
+    vm = result if isinstance(result, VmResult) else None
+    result = vm.migration if vm else result
+    live = result if isinstance(result, LiveResult) else None
+    result = live.transfer if live else result
+    title = title or ("VM migrated" if vm else "live migration verified" if live
+                      else "transfer verified")
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    mib = 1 << 20
+    ratio = result.wire_bytes / result.bytes if result.bytes else 0.0
+    rows = [
+        ("image", f"{result.bytes / mib:,.1f} MiB"),
+        ("time", f"{result.seconds:.3f} s"),
+        ("rate", f"{result.gib_per_s:.2f} GiB/s"),
+        ("on the wire", f"{result.wire_bytes / mib:,.1f} MiB ({ratio:.2f} of the image)"),
+        ("pages", f"{result.normal_pages:,} sent, {result.zero_pages:,} zero"),
+        ("channels", str(result.channels)),
+        ("compression", result.compress),
+        ("rounds", str(result.rounds)),
+        ("digest", result.digest),
+    ]
+    rows += [(f"device {name}", f"{size:,} bytes") for name, size in result.devices.items()]
+    rows += [(f"channel {i}", f"{c.bytes / mib:,.1f} MiB, {c.packets} packets, "
+                              f"busy {c.busy_s:.2f} s")
+             for i, c in enumerate(result.per_channel)]
+    if live is not None:
+        rows += _live_rows(live)
+    if vm is not None:
+        rows += [("VM downtime", f"{vm.downtime_ms:.0f} ms (pause to the guest running)"),
+                 ("VM states", ", ".join(f"{side} {state or '-'}"
+                                         for side, state in vm.vm.items()))]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _live_rows(live: LiveResult) -> list[tuple[str, str]]:
+    mib = 1 << 20
+    parts = ", ".join(f"{name} {ms:.0f}" for name, ms in live.downtime_parts_ms.items())
+    return [
+        ("dirty tracking", live.dirty),
+        ("pages per round", " ".join(f"{p:,}" for p in live.pages_per_round)),
+        ("round rate", f"{live.rate / mib:,.0f} MiB/s (the last round before the stop)"),
+        ("dirty rate", f"{live.dirty_rate / mib:,.0f} MiB/s"),
+        ("converged", "yes" if live.converged else "no: switched over anyway"),
+        ("downtime", f"{live.downtime_ms:.0f} ms (limit {live.downtime_limit_ms} ms, expected "
+                     f"{live.expected_downtime_ms:.0f} ms; {parts})"),
+    ]

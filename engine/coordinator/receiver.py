@@ -1,0 +1,405 @@
+"""The destination coordinator: the `Receiver` that serves one transfer.
+
+It answers HELLO by creating the image beside its final name, starting one worker per
+channel (each binds its own data port) and announcing the ports. During the transfer it
+runs the SYNC barrier and loads device state in order. On COMPLETE it has its workers hash
+the image, compares every digest with the source's, and only then renames the image to its
+final name and answers with its verdict.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+import zstandard
+
+from engine.storage import digest
+from engine.wire import jobs
+from workers.config import WorkerConfig
+from engine.coordinator.barrier import SyncBarrier
+from engine.coordinator.control import ControlLink
+from engine.coordinator.assembly import CallbackSink, DeviceAssembler, DirectorySink
+from engine.wire.endpoint import parse_endpoint
+from engine.errors import (DestinationRefused, EngineError, PeerLost, ProtocolError,
+                           TransferError, UsageError, VerificationFailed, peer_error)
+from engine.wire.framing import decode
+from engine.storage.aliases import destination_writes, refuse_aliases
+from engine.storage.image import check_destination, check_free_space, create_partial, parse_location
+from engine.storage.journal import Journal
+from engine.log import warn
+from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
+                                          handler_names)
+from engine.qemu.migration import QEMU_DEVICE, QemuSink, open_destination
+from engine.wire.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict, Welcome,
+                             check_hello)
+from engine.coordinator.result import TransferResult, per_channel, total
+from engine.security import ServerKeys
+from engine.settings import MAX_CHANNELS
+
+
+
+class Receiver:
+    """Receives one transfer into `destination` ("PATH" or "shm:NAME").
+
+    Device state goes to `device_dir` (one file per device), or chunk by chunk, in order, to
+    `on_device(key, index, data, last)`. Use as a context manager; `run()` blocks until the
+    transfer verified (returns the result) or failed (raises).
+    With `keys`, only senders holding an allowed key get in, and every channel is encrypted
+    (CURVE); a refused sender is reported on stderr and `run()` keeps waiting for another.
+    `data_ports` pins the data ports (channel i listens on data_ports + i) for firewalls.
+    `qemu`: the QMP socket of a QEMU waiting with `-incoming defer` whose RAM file is
+    `destination`; the image is written in place and, once verified, the device state the
+    sender sent as device `qemu` is loaded there and the guest runs. A transfer that fails
+    never starts it: that QEMU is left waiting, as it was.
+    """
+
+    def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
+                 device_dir: str | os.PathLike | None = None,
+                 on_device: Callable[[str, int, bytes, bool], None] | None = None,
+                 force: bool = False, keys: ServerKeys | None = None,
+                 data_ports: int = 0, qemu: str | None = None) -> None:
+        self.location = parse_location(destination)
+        # With a destination QEMU, DEST is its RAM file: written in place (QEMU has it
+        # mapped: a renamed-over file would leave the guest on the old one).
+        self.vm = None
+        if qemu is not None:
+            self.vm = open_destination(qemu, self.location.path)
+        else:
+            check_destination(self.location, force)
+        self.force = force
+        self.device_dir = Path(device_dir) if device_dir else None
+        self.on_device = on_device
+        endpoint = parse_endpoint(listen, allow_any_port=True)
+        check_data_ports(data_ports, endpoint.port)
+        self.keys = keys
+        self.data_ports = data_ports
+        self._zmq = zmq.Context()
+        self._authenticator = None
+        if keys is not None:  # before any socket binds
+            self._authenticator = keys.start_authenticator(
+                self._zmq, "refused a sender whose key is not allowed (--allow); still listening")
+        try:
+            self._socket, self.endpoint = ControlLink.listen(self._zmq, endpoint, keys)
+        except UsageError:
+            self._close_zmq()
+            raise
+        self._workers: WorkerGroup | None = None
+        self._temporary: list[Path] = []  # removed at the end, whatever happens
+        self._partial: Path | None = None
+        self._journal: Journal | None = None
+        self._assembler: DeviceAssembler | None = None
+        self._owned_device_dir: Path | None = None
+        self._qemu_sink: QemuSink | None = None
+        self.vm_state = ""  # the destination QEMU's run state once the transfer verified
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def run(self, timeout_s: float | None = None) -> TransferResult:
+        """Wait for one sender (up to `timeout_s`, forever if None) and serve its transfer."""
+        hello, identity = self._wait_for_hello(timeout_s)
+        link = ControlLink(self._socket, self.endpoint, identity)
+        try:
+            return self._serve(hello, link)
+        except EngineError as exc:
+            if self.vm is not None and not (self._qemu_sink and self._qemu_sink.loading):
+                exc = type(exc)(f"{exc}; the destination QEMU was not started: it still "
+                                "waits for an incoming migration, as it was")
+            self._fault(link, exc)
+            raise exc from None
+        except BaseException as exc:
+            self._fault(link, exc)
+            raise
+
+    @staticmethod
+    def _fault(link: ControlLink, exc: BaseException) -> None:
+        """Tell the sender why we stop (best effort: it may be gone)."""
+        if isinstance(exc, EngineError):
+            reason = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            reason = "receiver interrupted"
+        else:
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+        try:
+            link.send(Fault(message=reason, kind=type(exc).__name__))
+        except EngineError:
+            pass
+
+    def close(self) -> None:
+        """Stop the workers and clean up. After a failure a file destination stays as
+        NAME.partial (never under its final name); shared memory is removed."""
+        if self._workers is not None:
+            self._workers.close()
+        for path in self._temporary:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if self.vm is not None:
+            self.vm.close()  # QEMU runs on (or waits on), with its capabilities as they were
+        if self.location.shared_memory and self.vm is None:  # not kept for a resume that may not come
+            for path in (self._partial, self._journal and self._journal.path):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+        if self._assembler is not None:
+            self._assembler.discard()
+        folder = self._owned_device_dir
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        self._close_zmq()
+
+    def _close_zmq(self) -> None:
+        if self._authenticator is not None:  # its thread owns sockets of our context
+            self._authenticator.stop()
+        self._zmq.destroy(linger=0)
+
+    # -- one transfer ---------------------------------------------------------------------
+
+    def _wait_for_hello(self, timeout_s: float | None) -> tuple[Hello, bytes]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            if not self._socket.poll(wait):
+                raise PeerLost(f"no sender connected to {self.endpoint} within {timeout_s} s")
+            frames = self._socket.recv_multipart()
+            try:
+                if len(frames) != 2:
+                    raise ProtocolError("HELLO must be a single frame")
+                hello = decode(frames[1], Hello)
+                check_hello(hello, handler_names(), check_codecs)
+                return hello, frames[0]
+            except ProtocolError as exc:
+                # A bad HELLO is refused without ending the wait: it may be a stranger's.
+                warn(f"refused a sender's HELLO: {exc}; still listening")
+                ControlLink(self._socket, self.endpoint, frames[0]).send(
+                    Fault(message=f"expected HELLO: {exc}"))
+
+    def _serve(self, hello: Hello, link: ControlLink) -> TransferResult:
+        started = time.perf_counter()
+        settings = hello.settings()  # checked by _wait_for_hello
+        size = hello.image_size
+        # Nothing exists yet: refuse to write the source, or a place too small, first.
+        sources = {"the sender's source image": hello.source_id()}
+        refuse_aliases(sources, destination_writes(self.location, self._device_folder()))
+        in_place = self.vm is not None
+        if in_place and size != self.vm.backend.size:
+            raise DestinationRefused(f"the sender's image has {size} bytes, the destination "
+                                     f"QEMU's RAM {self.vm.backend.size}")
+        already = self.location.path if in_place else (
+            self.location.partial_path if hello.resume else None)
+        check_free_space(self.location, size, hello.stored_bytes, already)
+        journal_path = self.location.journal_path
+        if hello.resume:
+            partial = self.location.path if in_place else self.location.partial_path
+            if self.on_device is not None or not partial.is_file() \
+                    or partial.stat().st_size != size:
+                raise ProtocolError(self._nothing_to_resume(size))
+            journal = Journal.resume(journal_path, size, settings.chunk_size)
+        else:
+            partial = self.location.path if in_place else create_partial(self.location, size)
+            if not in_place:
+                self._partial = partial
+            try:
+                journal = Journal.create(journal_path, size, settings.chunk_size,
+                                         holds_data=in_place)
+            except OSError as exc:
+                raise DestinationRefused(f"cannot create {exc.filename}: {exc.strerror}") \
+                    from None
+        self._journal = journal
+        if not in_place:
+            self._partial = partial
+        staging = self._staging_dir()
+        sink = CallbackSink(self.on_device) if self.on_device else DirectorySink(
+            staging, self.force, sources)
+        if in_place:
+            sink = self._qemu_sink = QemuSink(self.vm, sink)
+        self._assembler = assembler = DeviceAssembler(staging, settings.chunk_size, sink)
+        welcome = Welcome(session=hello.session, ports=[])
+        if hello.resume:
+            for chunk in journal.chunks():
+                assembler.add(**chunk)
+            missing = np.zeros(journal.pages, dtype=bool)
+            missing[journal.missing_pages()] = True
+            welcome = Welcome(session=hello.session, ports=[],
+                              missing=zstandard.compress(np.packbits(missing).tobytes()),
+                              chunks=assembler.received())
+        template = WorkerConfig(
+            side="destination", channel=0, control="", coordinator_pid=os.getpid(),
+            session=hello.session, settings=settings, image_path=str(partial), image_size=size,
+            handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
+            journal_path=str(journal.path), device_dir=str(staging),
+            keys=self.keys, data_ports=self.data_ports)
+        self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
+        ports = [int(bound.endpoint.rsplit(":", 1)[1])
+                 for _, bound in sorted(workers.gather(jobs.Bound).items())]
+        link.send(replace(welcome, ports=ports))
+        transfer = _Transfer(link, workers, assembler, journal, size, ports)
+        complete, image_digest = transfer.run()
+        if in_place:
+            if QEMU_DEVICE not in assembler.sizes():
+                raise TransferError(f"the sender sent no QEMU device state (device "
+                                    f"{QEMU_DEVICE!r}: send with --qemu)")
+        else:
+            os.replace(partial, self.location.path)
+            self._partial = None
+        assembler.commit()  # with a destination QEMU: loads its state, the guest runs
+        journal.path.unlink()
+        self._journal = None
+        self.vm_state = self.vm.state() if in_place else ""
+        link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes(),
+                          vm=self.vm_state))
+        stats = transfer.counters
+        workers.close()
+        return TransferResult(
+            ok=True, bytes=size, seconds=time.perf_counter() - started,
+            wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
+            zero_pages=total(stats, "zero_pages"), channels=settings.channels,
+            compress=settings.compress, rounds=complete.rounds, digest=image_digest,
+            devices=assembler.sizes(), per_channel=per_channel(stats))
+
+    def _nothing_to_resume(self, size: int) -> str:
+        if self.on_device is not None:
+            return "a receiver that hands device state to a callback cannot resume"
+        where = self.location
+        return (f"nothing to resume at {where.text}: there is no {where.partial_path} of "
+                f"{size} bytes; if the interrupted copy was moved, put its "
+                f"{where.partial_path.name} and {where.journal_path.name} beside "
+                f"{where.path.name} again (or start over without --resume)")
+
+    def _device_folder(self) -> Path | None:
+        """Where device files go (None: to the callback, through a private folder)."""
+        if self.on_device is not None:
+            return None
+        return self.device_dir or self.location.default_device_dir
+
+    def _staging_dir(self) -> Path:
+        """Where device chunks land: the device folder itself (as hidden .NAME.partial files),
+        or a private temporary folder when devices go to a callback."""
+        try:
+            if self.on_device is not None:
+                path = Path(tempfile.mkdtemp(prefix=".multifd-devices-",
+                                             dir=self.location.path.parent))
+                self._temporary.append(path)
+                return path
+            folder = self._device_folder()
+            if not folder.exists():
+                folder.mkdir()
+                self._owned_device_dir = folder
+            elif not self.device_dir:  # ours by name: removed at the end if left empty
+                self._owned_device_dir = folder
+            return folder
+        except OSError as exc:
+            raise DestinationRefused(f"cannot create the device folder {exc.filename}: "
+                                     f"{exc.strerror}") from None
+
+
+def check_data_ports(first: int, listen_port: int) -> None:
+    """Channel i listens on `first` + i (0: any free ports): refuse a start whose channels
+    could run past the last port or onto the control port, before anything is created."""
+    last = 65535 - (MAX_CHANNELS - 1)
+    if not isinstance(first, int) or isinstance(first, bool) or not 0 <= first <= last:
+        raise UsageError(f"the first data port must be from 1 to {last}, so that the ports of "
+                         f"up to {MAX_CHANNELS} channels exist (0: any free ports), not "
+                         f"{first!r}")
+    if first and first <= listen_port < first + MAX_CHANNELS:
+        raise UsageError(f"data ports {first}-{first + MAX_CHANNELS - 1} (one per channel, up "
+                         f"to {MAX_CHANNELS}) would include the listen port {listen_port}")
+
+
+class _Transfer:
+    """One transfer in progress on the destination: barrier, devices, recovery, digest."""
+
+    def __init__(self, link: ControlLink, workers: WorkerGroup, assembler: DeviceAssembler,
+                 journal: Journal, size: int, ports: list[int]) -> None:
+        self.link = link
+        self.workers = workers
+        self.assembler = assembler
+        self.journal = journal
+        self.size = size
+        self.ports = ports
+        self.barrier = SyncBarrier(len(ports))
+        self.recovery = Recovery(len(ports), "destination")
+        self.complete: Complete | None = None
+        self.hash_plan: dict[int, list[int]] = {}
+        self.hashes: dict[int, bytes] = {}
+        self.counters: list[dict[str, float]] = [{} for _ in ports]
+
+    def run(self) -> tuple[Complete, str]:
+        """Serve until COMPLETE arrived and the image is hashed; returns COMPLETE and the
+        verified digest (raises VerificationFailed after telling the source)."""
+        while self.complete is None or not all(self.counters):
+            events = dict(self.workers.poller(self.link.socket).poll(self.link.poll_interval_ms()))
+            try:
+                self.on_events(events)
+            except ChannelLost as lost:
+                self.recovery.handle(lost, self.restart)
+        return self.complete, self.verify()
+
+    def on_events(self, events: dict) -> None:
+        self.workers.handle(events, self.on_worker)
+        self.link.handle(events, self.on_control)
+
+    def on_worker(self, channel: int, msg: Any) -> None:
+        if isinstance(msg, jobs.Reached):
+            if self.barrier.arrive(channel, msg.round):
+                self.workers.broadcast(jobs.Release(round=msg.round))
+                self.link.released = self.barrier.round
+                self.link.send(Synced(round=msg.round))
+        elif isinstance(msg, jobs.Notice) and msg.kind == "device":
+            if self.assembler.add(**msg.data, origin=(channel, msg.seq)):
+                self.journal.record_chunk(msg.data)
+        elif isinstance(msg, jobs.Hashed):
+            self.hashes.update(zip(msg.segments, msg.digests))
+            self.counters[channel] = msg.counters
+        else:
+            raise ProtocolError(f"unexpected {msg.TAG} from destination worker {channel}")
+
+    def on_control(self, msg: Any) -> None:
+        if msg is None or isinstance(msg, Heartbeat) or msg == self.complete:
+            return  # a stray's message, a heartbeat, or COMPLETE repeated
+        if isinstance(msg, Complete) and self.complete is None:
+            if not self.barrier.idle:
+                raise ProtocolError("COMPLETE arrived in the middle of a round")
+            self.complete = msg
+            self.hash_plan = digest.plan(self.size, len(self.ports))
+            for channel, segments in self.hash_plan.items():
+                self.workers.send(channel, jobs.HashJob(segments=segments))
+        elif isinstance(msg, Fault):
+            raise peer_error(msg.kind, f"sender failed: {msg.message}")
+        else:
+            raise ProtocolError(f"unexpected {msg.TAG} from the sender")
+
+    def restart(self, channel: int) -> None:
+        """A new destination worker on the same port, in the current round; the source sees
+        its connection drop and re-sends what was not acknowledged."""
+        self.barrier.forget(channel)
+        self.workers.replace(channel, listen_port=self.ports[channel], round=self.barrier.round)
+        self.workers.gather(jobs.Bound, [channel])
+        if self.hash_plan and not self.counters[channel]:
+            self.workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
+
+    def verify(self) -> str:
+        complete = self.complete
+        self.assembler.check_complete(set(complete.devices))
+        image_digest = digest.combine(self.size, (self.hashes[i] for i in sorted(self.hashes)))
+        problems = []
+        if image_digest != complete.digest:
+            problems.append("the image's digest differs from the source's")
+        for key, value in sorted(self.assembler.digests().items()):
+            if value != complete.devices.get(key):
+                problems.append(f"device {key}'s digest differs from the source's")
+        if problems:
+            message = "; ".join(problems)
+            self.link.send(Verdict(ok=False, message=message, digest=image_digest, devices={}))
+            raise VerificationFailed(f"verification failed: {message}")
+        return image_digest
