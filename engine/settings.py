@@ -30,6 +30,9 @@ MAX_PACKET_PAGES = 1024
 MIN_CHUNK_SIZE = PAGE_SIZE
 MAX_CHUNK_SIZE = 16 << 20
 MAX_WINDOW = 256
+# How a transfer proves the destination holds the source (engine/storage/digest.py): "fold"
+# hashes each page as it passes, "reread" also reads both images from storage at the end.
+VERIFY_MODES = ("fold", "reread")
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,14 @@ class TransferSettings:
     packet_pages: int = DEFAULT_PACKET_PAGES
     window: int = DEFAULT_WINDOW
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    verify: str = "fold"
 
     def __post_init__(self) -> None:
         _check_range("channels", self.channels, 1, MAX_CHANNELS)
         _check_range("packet pages", self.packet_pages, 1, MAX_PACKET_PAGES)
         _check_range("window", self.window, 1, MAX_WINDOW)
         _check_range("chunk size", self.chunk_size, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
+        _check_choice("verification", self.verify, VERIFY_MODES)
 
     @property
     def packet_bytes(self) -> int:

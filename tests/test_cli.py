@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Sender, VerificationFailed
+from engine import Sender, TransferSettings, VerificationFailed
 from engine.tools.samples import sample_bytes
 
 MiB = 1 << 20
@@ -82,7 +82,7 @@ def test_receive_and_send_run_as_separate_processes(image, tmp_path):
 def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
     src = image(MiB, kind="random")
     receiver, endpoint = start_receiver(tmp_path / "dst")
-    with Sender(str(src), endpoint) as sender:
+    with Sender(str(src), endpoint, TransferSettings(verify="reread")) as sender:
         sender.send_range()
         sender.sync()
         with open(src, "r+b") as f:

@@ -27,6 +27,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.storage.digest import chunk_hash
 from engine.storage.journal import APPLIED, HOLDS_DATA
 from engine.wire import jobs
 from engine.coordinator.assembly import DeviceAssembler
@@ -696,8 +697,10 @@ def device_round_trip(folder: Path, codec: str) -> None:
     notices = [s.send(spec) for spec in reversed(specs)]  # chunks may arrive in any order
     assert s.staged("cpu") == blob
     assert [n["index"] for n in notices] == [2, 1, 0]
-    assert notices[0] == {"name": "cpu", "instance": 0, "index": 2, "last": True, "size": 1000}
-    assert notices[2] == {"name": "cpu", "instance": 0, "index": 0, "last": False, "size": CHUNK}
+    assert notices[0] == {"name": "cpu", "instance": 0, "index": 2, "last": True, "size": 1000,
+                          "hash": chunk_hash(blob[2 * CHUNK:])}
+    assert notices[2] == {"name": "cpu", "instance": 0, "index": 0, "last": False, "size": CHUNK,
+                          "hash": chunk_hash(blob[:CHUNK])}
     s.close()
 
 
@@ -708,7 +711,8 @@ def device_empty(folder: Path, codec: str) -> None:
     encoded = s.source.encode(specs[0])
     assert encoded.frames == [] and encoded.body["raw"] == 0
     notice = s.destination.apply(*s.wire.carry(encoded))
-    assert notice == {"name": "empty", "instance": 0, "index": 0, "last": True, "size": 0}
+    assert notice == {"name": "empty", "instance": 0, "index": 0, "last": True, "size": 0,
+                      "hash": chunk_hash(b"")}
     assert staging_path(s.staging, "empty").exists() and s.staged("empty") == b""
     s.close()
 

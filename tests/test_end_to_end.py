@@ -161,12 +161,15 @@ def test_device_chunks_reach_a_callback_strictly_in_order(image, tmp_path):
     assert bytes(received) == state
 
 
-def test_a_source_changed_behind_the_engines_back_fails_verification(image, tmp_path):
+def test_a_source_changed_behind_the_engines_back_fails_a_reread(image, tmp_path):
+    """The fold proves the destination holds what was read and sent; a source changed after
+    its pages were read (and not sent again) takes the re-read to see (README, verify)."""
     src = image(2 * MiB, kind="random")
     outcome: dict = {}
     with Receiver(str(tmp_path / "dst")) as receiver:
         thread = _serve(receiver, outcome)
-        with Sender(str(src), str(receiver.endpoint)) as sender:
+        with Sender(str(src), str(receiver.endpoint),
+                    TransferSettings(verify="reread")) as sender:
             sender.send_range()
             sender.sync()
             with open(src, "r+b") as f:  # changed after it was sent, and not re-sent

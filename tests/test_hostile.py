@@ -94,10 +94,12 @@ def test_a_malicious_sender_fails_the_transfer_cleanly(sender_results, name):
     outcome = result["outcome"]
     print(f"\n{name}: {outcome.verdict}: {outcome.detail}")
     assert outcome.verdict == "failed cleanly", outcome
-    assert result["code"] == 1
+    # A HELLO at the limits may need more room than this machine has: refused up front (2).
+    refused = outcome.detail.startswith("the destination is full")
+    assert result["code"] == (2 if refused else 1)
     assert_clean_stderr(result["err"])
     assert result["err"].splitlines()[-1] == f"multifd: error: {outcome.detail}"
-    if "cannot create a destination" in outcome.detail:  # too large for this filesystem
+    if refused or "cannot create a destination" in outcome.detail:  # too large for here
         assert result["files"] == []
     elif name == "hello-8-tib-image":  # created sparse: no block of it is allocated
         assert result["files"] == ["dst.journal", "dst.partial"]

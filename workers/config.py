@@ -28,3 +28,8 @@ class WorkerConfig:
     device_dir: str | None = None
     keys: ServerKeys | ClientKeys | None = None  # CURVE; None: plain TCP
     data_ports: int = 0  # destination: channel i binds data_ports + i; 0: any free port
+    # The transfer's page hashes (engine/storage/digest.py): a file of its own on the source,
+    # a region of the journal on the destination.
+    hashes_path: str | None = None
+    hashes_offset: int = 0
+    fault: str = ""  # MULTIFD_FAULT: a fault the handlers inject, for tests

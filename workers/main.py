@@ -39,16 +39,20 @@ def run_worker(config: WorkerConfig) -> None:
     try:
         destination = config.side == "destination"
         image = map_file(config.image_path, writable=destination) if config.image_size else None
-        written = None
-        if config.journal_path and config.image_size:
-            pages = (config.image_size + PAGE_SIZE - 1) // PAGE_SIZE
+        pages = (config.image_size + PAGE_SIZE - 1) // PAGE_SIZE
+        written = hashes = None
+        if config.journal_path and pages:
             page_map = map_file(config.journal_path, writable=True, offset=HEADER_BYTES,
                                 length=pages)
             written = np.frombuffer(page_map, dtype=np.uint8)
+        if config.hashes_path and pages:
+            hash_map = map_file(config.hashes_path, writable=True, offset=config.hashes_offset,
+                                length=8 * pages)
+            hashes = np.frombuffer(hash_map, dtype=np.uint64)
         handler_context = HandlerContext(
             settings=config.settings, image_size=config.image_size, image=image,
             image_path=config.image_path if config.image_size else None,
-            fresh=config.fresh, written=written,
+            fresh=config.fresh, written=written, hashes=hashes, fault=config.fault,
             device_dir=Path(config.device_dir) if config.device_dir else None)
         handlers = {kind: HANDLERS.load(kind)(handler_context) for kind in config.handlers}
         data = context.socket(zmq.ROUTER if destination else zmq.DEALER)

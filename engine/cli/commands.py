@@ -19,7 +19,7 @@ from engine.security import (ClientKeys, ServerKeys, load_client_keys, load_serv
 from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNTIME_LIMIT_MS,
                              DEFAULT_MAX_ROUNDS, DEFAULT_PACKET_PAGES, DEFAULT_WINDOW,
                              DIRTY_TRACKERS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
-                             NO_CONVERGENCE_POLICIES, LiveSettings, TransferSettings,
+                             NO_CONVERGENCE_POLICIES, VERIFY_MODES, LiveSettings, TransferSettings,
                              check_bandwidth)
 
 if TYPE_CHECKING:
@@ -125,6 +125,10 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bandwidth", type=_bandwidth, metavar="RATE",
                    help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
                         "per second like 100M; at least 1M (default: no cap)")
+    p.add_argument("--verify", choices=VERIFY_MODES, default="fold",
+                   help="fold: both ends hash every page as it passes and compare at the end "
+                   "(nothing is read again); reread: also read both images back from storage "
+                   "and compare those (default fold)")
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
 
@@ -191,7 +195,7 @@ def settings_from(args: argparse.Namespace) -> TransferSettings:
     settings = TransferSettings(channels=args.channels, compress=args.compress,
                                 device_compress=args.device_compress,
                                 packet_pages=args.packet_pages, window=args.window,
-                                chunk_size=args.chunk_size)
+                                chunk_size=args.chunk_size, verify=args.verify)
     session_codecs(settings.compress)  # unknown codecs and levels fail here, before any work
     make_codec(settings.device_compress)
     return settings

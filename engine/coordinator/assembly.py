@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from engine.storage.aliases import FileId, refuse_aliases
-from engine.storage.digest import digest_of_file
-from engine.errors import ProtocolError, TransferError
+from engine.storage.digest import device_digest
+from engine.errors import ProtocolError, TransferError, VerificationFailed
 from engine.storage.device_files import device_key, staging_path
 
 
@@ -72,6 +72,7 @@ class CallbackSink:
 @dataclass
 class _Device:
     received: dict[int, int] = field(default_factory=dict)  # chunk index -> its size
+    hashes: dict[int, int] = field(default_factory=dict)  # chunk index -> its folded hash
     origins: dict[int, tuple[int, int] | None] = field(default_factory=dict)  # -> (channel, seq)
     loaded: int = 0  # chunks handed to the sink so far, in order
     last: int | None = None  # index of the last chunk, once seen
@@ -85,7 +86,7 @@ class DeviceAssembler:
         self.sink = sink
         self.devices: dict[str, _Device] = {}
 
-    def add(self, name: str, instance: int, index: int, last: bool, size: int,
+    def add(self, name: str, instance: int, index: int, last: bool, size: int, hash: int,
             origin: tuple[int, int] | None = None) -> bool:
         """Record a chunk that landed; False if this very packet (same channel and sequence
         number, `origin`) had landed before and was re-sent after a reconnect. Any other
@@ -106,6 +107,7 @@ class DeviceAssembler:
                 raise ProtocolError(f"device {key}: last chunk {index} is not the highest")
             device.last = index
         device.received[index] = size
+        device.hashes[index] = hash
         device.origins[index] = origin
         device.size += size
         self._load_ready(key, device)
@@ -131,10 +133,15 @@ class DeviceAssembler:
             if key not in expected:
                 raise ProtocolError(f"device {key} arrived but the source did not announce it")
             if device is None or device.last is None or device.loaded != device.last + 1:
-                raise TransferError(f"device {key} is incomplete")
+                missing = "its last chunk" if device is None or device.last is None else \
+                    f"chunk {device.loaded}"
+                raise VerificationFailed(f"verification failed: device {key} is incomplete "
+                                         f"({missing} never arrived)")
 
     def digests(self) -> dict[str, str]:
-        return {key: digest_of_file(staging_path(self.staging_dir, key)) for key in self.devices}
+        """Each device's folded digest, from the hashes of the chunks as they were written."""
+        return {key: device_digest(device.size, (device.hashes[i] for i in sorted(device.hashes)))
+                for key, device in self.devices.items()}
 
     def sizes(self) -> dict[str, int]:
         return {key: device.size for key, device in self.devices.items()}

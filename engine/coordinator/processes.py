@@ -9,6 +9,7 @@ Stopping is always bounded, so no process outlives the coordinator.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -87,6 +88,9 @@ class WorkerGroup:
 
     def __init__(self, zmq_context: zmq.Context, template: WorkerConfig, channels: int) -> None:
         self.zmq_context = zmq_context
+        # A debug hook: the handlers inject the named fault (workers/handlers/ram.py,
+        # device.py), so that tests see verification catch it through the real code.
+        template = replace(template, fault=os.environ.get("MULTIFD_FAULT", ""))
         self.template = template
         self.folder = tempfile.mkdtemp(prefix="multifd-")
         self.sockets: list[zmq.Socket | None] = [None] * channels

@@ -238,12 +238,13 @@ class Receiver:
             session=hello.session, settings=settings, image_path=str(partial), image_size=size,
             handlers=tuple(hello.handlers), listen_host=self.endpoint.host,
             journal_path=str(journal.path), device_dir=str(staging),
+            hashes_path=str(journal.path), hashes_offset=journal.hashes_at,
             keys=self.keys, data_ports=self.data_ports)
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
         ports = [int(bound.endpoint.rsplit(":", 1)[1])
                  for _, bound in sorted(workers.gather(jobs.Bound).items())]
         link.send(replace(welcome, ports=ports))
-        transfer = _Transfer(link, workers, assembler, journal, size, ports)
+        transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify)
         complete, image_digest = transfer.run()
         if in_place:
             if QEMU_DEVICE not in assembler.sizes():
@@ -320,13 +321,14 @@ class _Transfer:
     """One transfer in progress on the destination: barrier, devices, recovery, digest."""
 
     def __init__(self, link: ControlLink, workers: WorkerGroup, assembler: DeviceAssembler,
-                 journal: Journal, size: int, ports: list[int]) -> None:
+                 journal: Journal, size: int, ports: list[int], verify: str) -> None:
         self.link = link
         self.workers = workers
         self.assembler = assembler
         self.journal = journal
         self.size = size
         self.ports = ports
+        self.verify_mode = verify
         self.barrier = SyncBarrier(len(ports))
         self.recovery = Recovery(len(ports), "destination")
         self.complete: Complete | None = None
@@ -371,7 +373,9 @@ class _Transfer:
             if not self.barrier.idle:
                 raise ProtocolError("COMPLETE arrived in the middle of a round")
             self.complete = msg
-            self.hash_plan = digest.plan(self.size, len(self.ports))
+            channels = len(self.ports)
+            self.hash_plan = digest.plan(self.size, channels) if self.verify_mode == "reread" \
+                else {channel: [] for channel in range(channels)}
             for channel, segments in self.hash_plan.items():
                 self.workers.send(channel, jobs.HashJob(segments=segments))
         elif isinstance(msg, Fault):
@@ -389,12 +393,20 @@ class _Transfer:
             self.workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
 
     def verify(self) -> str:
+        """Compare our digests with the source's; the folded image digest if they match."""
         complete = self.complete
         self.assembler.check_complete(set(complete.devices))
-        image_digest = digest.combine(self.size, (self.hashes[i] for i in sorted(self.hashes)))
+        hashes = self.journal.page_hashes()
+        image_digest = digest.fold_digest(self.size, hashes)
         problems = []
         if image_digest != complete.digest:
-            problems.append("the image's digest differs from the source's")
+            unwritten = len(digest.never_sent(hashes))
+            problems.append("the image's digest differs from the source's" + (
+                f" ({_pages(unwritten)} never arrived)" if unwritten else ""))
+        if complete.stored and complete.stored != digest.combine(
+                self.size, (self.hashes[i] for i in sorted(self.hashes))):
+            problems.append("the stored image's digest differs from the source's (both read "
+                            "back from storage)")
         for key, value in sorted(self.assembler.digests().items()):
             if value != complete.devices.get(key):
                 problems.append(f"device {key}'s digest differs from the source's")
@@ -403,3 +415,7 @@ class _Transfer:
             self.link.send(Verdict(ok=False, message=message, digest=image_digest, devices={}))
             raise VerificationFailed(f"verification failed: {message}")
         return image_digest
+
+
+def _pages(count: int) -> str:
+    return f"{count} page" if count == 1 else f"{count} pages"

@@ -65,6 +65,10 @@ class _ScanMarker(_Marker):
     requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
+# Pages per request when a resumed sender hashes what the receiver has (64K pages: 256 MiB).
+_FOLD_PAGES = 1 << 16
+
+
 def check_device(name: str, state: Any) -> Path | None:
     """UsageError unless `state` can be sent as device `name`: a good name, and bytes or a
     readable file (whose path is returned; None for bytes)."""
@@ -111,7 +115,7 @@ class Sender:
         self.session = os.urandom(SESSION_BYTES)
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._devices: dict[str, tuple[Path, int]] = {}
+        self._devices: dict[str, tuple[Path, int, str]] = {}  # key -> path, size, digest
         self._endpoints: list[str] = []
         self._spilled: list[Path] = []
         self._unsynced = False
@@ -159,10 +163,12 @@ class Sender:
         self._thread.start()
 
     def _connect(self) -> None:
+        self._hashes = self._hash_file()
         template = WorkerConfig(
             side="source", channel=0, control="", coordinator_pid=os.getpid(),
             session=self.session, settings=self.settings, image_path=str(self.location.path),
-            image_size=self.image_size, handlers=("ram", "device"), keys=self.keys)
+            image_size=self.image_size, handlers=("ram", "device"), keys=self.keys,
+            hashes_path=str(self._hashes))
         self._workers = WorkerGroup(self._zmq, template, self.settings.channels)
         self._control = ControlLink.dial(self._zmq, self.endpoint, self.keys,
                                          self.connect_timeout, routing_id=self.session)
@@ -182,6 +188,22 @@ class Sender:
             self._endpoints.append(self._control.dial_port(port))
             self._workers.send(channel, jobs.Connect(endpoint=self._endpoints[channel],
                                                      first_seq=0))
+
+    def _hash_file(self) -> Path:
+        """The folded page hashes the source workers share: 8 bytes per page, all 0 (never
+        sent) at first; in shared memory where there is some, removed on close."""
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, name = tempfile.mkstemp(prefix="multifd-hashes-", dir=folder)
+        self._spilled.append(Path(name))
+        try:
+            os.ftruncate(fd, 8 * self.pages)
+        finally:
+            os.close(fd)
+        return Path(name)
+
+    def page_hashes(self) -> np.ndarray:
+        """The hash of the last copy sent of every page (0: never sent)."""
+        return np.fromfile(self._hashes, dtype="<u8", count=self.pages)
 
     def close(self) -> None:
         """Stop everything; safe to call at any point, also after an error, and twice."""
@@ -239,7 +261,8 @@ class Sender:
         with self._lock:
             if key in self._devices:
                 raise UsageError(f"device {key} was already sent")
-            self._devices[key] = (path, size)
+            self._devices[key] = (path, size,
+                                  digest.device_digest_of_file(path, self.settings.chunk_size))
         self._submit(self._device_jobs(name, instance, path, size))
 
     def sync(self) -> int:
@@ -269,10 +292,12 @@ class Sender:
 
     def finish(self) -> TransferResult:
         """Complete the transfer: final sync, digests, the destination's verdict, stats."""
+        if self._missing is not None:
+            self._fold_present()
         if self._unsynced or self._rounds == 0:
             self.sync()
-        devices = {key: digest.digest_of_file(path) for key, (path, _) in self._devices.items()}
-        marker = _FinishMarker(devices=devices)
+        marker = _FinishMarker(devices={key: value for key, (_, _, value)
+                                        in self._devices.items()})
         self._submit(marker)
         self._wait(marker)
         verdict, stats, image_digest = marker.result
@@ -281,7 +306,7 @@ class Sender:
             wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
             zero_pages=total(stats, "zero_pages"), channels=self.settings.channels,
             compress=self.settings.compress, rounds=self._rounds, digest=image_digest,
-            devices={key: size for key, (_, size) in self._devices.items()},
+            devices={key: size for key, (_, size, _) in self._devices.items()},
             per_channel=per_channel(stats))
 
     # -- helpers for the submitting threads -----------------------------------------------
@@ -302,6 +327,20 @@ class Sender:
         self._missing = np.unpackbits(np.frombuffer(bits, np.uint8), count=self.pages) \
             .astype(bool)
         self._chunks_present = welcome.chunks or {}
+
+    def _fold_present(self) -> None:
+        """Hash the pages a resumed receiver already has, as if they had been sent now: if the
+        source changed since the interrupted run, verification says so."""
+        present = np.flatnonzero(~self._missing)
+        stretches = np.split(present, np.flatnonzero(np.diff(present) != 1) + 1)
+        requests = []
+        for stretch in (s for s in stretches if len(s)):
+            for first in range(int(stretch[0]), int(stretch[-1]) + 1, _FOLD_PAGES):
+                count = min(_FOLD_PAGES, int(stretch[-1]) + 1 - first)
+                requests.append((len(requests) % self.settings.channels,
+                                 {"start": first, "count": count, "fold": True}))
+        self.scan("ram", requests)
+        self._missing = None
 
     def _device_jobs(self, name: str, instance: int, path: Path, size: int) -> Iterator[tuple]:
         present = set(self._chunks_present.get(device_key(name, instance), ()))
@@ -533,15 +572,24 @@ class _Dispatcher:
 
     def start_finish(self, marker: _FinishMarker) -> None:
         self.finishing = marker
-        self.hash_plan = digest.plan(self.s.image_size, len(self.in_flight))
+        channels = len(self.in_flight)
+        self.hash_plan = digest.plan(self.s.image_size, channels) \
+            if self.s.settings.verify == "reread" else {channel: [] for channel in range(channels)}
         for channel, segments in self.hash_plan.items():
             self.s._workers.send(channel, jobs.HashJob(segments=segments))
 
     def send_complete(self) -> None:
-        self.image_digest = digest.combine(
-            self.s.image_size, (self.hashes[i] for i in sorted(self.hashes)))
+        hashes = self.s.page_hashes()
+        unsent = digest.never_sent(hashes)
+        if len(unsent):
+            raise VerificationFailed(f"{len(unsent)} of {len(hashes)} pages were never sent (the "
+                                     f"first: page {unsent[0]}); send every page before "
+                                     "finish()")
+        self.image_digest = digest.fold_digest(self.s.image_size, hashes)
+        stored = digest.combine(self.s.image_size, (self.hashes[i] for i in sorted(self.hashes))) \
+            if self.hashes else ""
         self.complete = Complete(digest=self.image_digest, devices=self.finishing.devices,
-                                 rounds=self.s._rounds)
+                                 rounds=self.s._rounds, stored=stored)
         self.resend_complete()
 
     def resend_complete(self) -> None:

@@ -1,8 +1,9 @@
 """The destination's journal: what has arrived, kept beside the image so a transfer can resume.
 
-DEST.journal holds a header (what transfer it belongs to), one state byte per page, shared
-by the destination workers through a mapping, and after them an append-only list of the
-device chunks that landed. A page's state has two bits:
+DEST.journal holds a header (what transfer it belongs to), one state byte per page and one
+8-byte hash per page (the folded digest's entries, engine/storage/digest.py), both shared by
+the destination workers through mappings, and after them an append-only list of the device
+chunks that landed (with their hashes). A page's state has two bits:
 - HOLDS_DATA, set *before* a page's bytes are copied in: the page may be non-zero, so a
   later zero page must really be written (a page never marked is still a hole: zero);
 - APPLIED, set *after* the copy completed: the page need not be sent again on resume.
@@ -25,7 +26,7 @@ from engine.settings import PAGE_SIZE
 HOLDS_DATA = 1
 APPLIED = 2
 MAGIC = "multifd-engine journal"
-VERSION = 1
+VERSION = 2
 HEADER_BYTES = 4096  # the page map starts here; mmap offsets must be page aligned
 
 
@@ -34,6 +35,7 @@ class Journal:
                  holds_data: bool = False) -> None:
         self.path = path
         self.pages = (image_size + PAGE_SIZE - 1) // PAGE_SIZE
+        self.hashes_at = self.hashes_offset(image_size)
         self.records_at = self.bytes_for(image_size)
         header = {"magic": MAGIC, "version": VERSION, "image_size": image_size,
                   "chunk_size": chunk_size}
@@ -48,9 +50,15 @@ class Journal:
             self._check(header)
 
     @staticmethod
-    def bytes_for(image_size: int) -> int:
-        """The journal's size before device records: a header and a byte per page."""
-        return HEADER_BYTES + (image_size + PAGE_SIZE - 1) // PAGE_SIZE
+    def hashes_offset(image_size: int) -> int:
+        """Where the page hashes start: after the page states, page aligned (for mmap)."""
+        pages = (image_size + PAGE_SIZE - 1) // PAGE_SIZE
+        return HEADER_BYTES + -(-pages // PAGE_SIZE) * PAGE_SIZE
+
+    @classmethod
+    def bytes_for(cls, image_size: int) -> int:
+        """The journal's size before device records: a header, a byte and a hash per page."""
+        return cls.hashes_offset(image_size) + 8 * ((image_size + PAGE_SIZE - 1) // PAGE_SIZE)
 
     @classmethod
     def create(cls, path: Path, image_size: int, chunk_size: int,
@@ -81,9 +89,13 @@ class Journal:
         states = np.fromfile(self.path, dtype=np.uint8, count=self.pages, offset=HEADER_BYTES)
         return np.flatnonzero((states & APPLIED) == 0)
 
+    def page_hashes(self) -> np.ndarray:
+        """The folded hash of every page as it was written (0: never written)."""
+        return np.fromfile(self.path, dtype="<u8", count=self.pages, offset=self.hashes_at)
+
     def record_chunk(self, chunk: dict) -> None:
         """Note a device chunk that has landed in its staging file (the device handler's
-        notice: name, instance, index, last, size). Appended; a record cut short by a crash
+        notice: name, instance, index, last, size, hash). Appended; a record cut short by a crash
         is simply not read back."""
         with open(self.path, "ab") as f:
             f.write(msgpack.packb(chunk))

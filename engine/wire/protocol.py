@@ -23,7 +23,7 @@ from engine.wire.framing import decode, message
 from engine.settings import PAGE_SIZE, TransferSettings
 
 MAGIC = "multifd-engine"
-VERSION = 1
+VERSION = 2
 SESSION_BYTES = 16
 # Each side sends a HEARTBEAT this often on control when it has nothing else to say.
 HEARTBEAT_S = 0.5
@@ -52,6 +52,7 @@ class Hello:
     source_host: str = ""
     source_file: list[int] | None = None
     stored_bytes: int = 0
+    verify: str = "fold"  # TransferSettings.verify
 
     def source_id(self) -> FileId | None:
         if self.source_file is None or len(self.source_file) != 2:
@@ -62,7 +63,7 @@ class Hello:
         return TransferSettings(channels=self.channels, compress=self.compress,
                                 device_compress=self.device_compress,
                                 packet_pages=self.packet_pages, window=self.window,
-                                chunk_size=self.chunk_size)
+                                chunk_size=self.chunk_size, verify=self.verify)
 
 
 @message("welcome")
@@ -84,9 +85,13 @@ class Synced:
 
 @message("complete")
 class Complete:
+    """The source's digests: folded ones (`digest`, `devices`), and with --verify reread
+    also the image as read back from storage (`stored`, else "")."""
+
     digest: str
     devices: dict[str, str]
     rounds: int
+    stored: str = ""
 
 
 @message("verdict")
@@ -177,7 +182,7 @@ def new_hello(session: bytes, image_size: int, settings: TransferSettings,
                  chunk_size=settings.chunk_size, handlers=handlers, resume=resume,
                  source_host=source.host if source else "",
                  source_file=[source.device, source.inode] if source else None,
-                 stored_bytes=stored_bytes)
+                 stored_bytes=stored_bytes, verify=settings.verify)
 
 
 def check_hello(hello: Hello, handlers: Collection[str],

@@ -32,7 +32,10 @@ class HandlerContext:
       started all zero, so zero pages need not be written unless `written` says the page was
       written before. device_dir: where the destination stages device state. link(): on the
       source, the channel's send window (how full, how fast it drains), for handlers that
-      adapt their work to the link.
+      adapt their work to the link. hashes: the transfer's page hashes, one uint64 per page
+      (engine/storage/digest.py, "folded"), which the RAM handler keeps up to date as pages
+      pass. fault: the name of a fault to inject (MULTIFD_FAULT), so that tests prove the
+      verification catches it through the real code path; "" in normal use.
     """
 
     settings: TransferSettings
@@ -43,6 +46,8 @@ class HandlerContext:
     written: np.ndarray | None = None  # destination: page states, see engine/storage/journal.py
     device_dir: Path | None = None
     link: Callable[[], LinkState] = lambda: IDLE_LINK
+    hashes: np.ndarray | None = None
+    fault: str = ""
 
 
 @dataclass

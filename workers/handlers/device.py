@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ProtocolError
+from engine.storage.digest import chunk_hash
 from engine.storage.device_files import (MAX_DEVICE_BYTES, MAX_INSTANCE, NAME_PATTERN,
                                          device_key, staging_path)
 from workers.codecs import make_codec
@@ -30,7 +31,10 @@ class DeviceHandler(PayloadHandler):
 
     def encode(self, spec: dict[str, Any]) -> Encoded:
         fd = self._open(spec["path"], os.O_RDONLY)
-        data = os.pread(fd, spec["length"], spec["offset"])
+        offset = spec["offset"]
+        if self.context.fault == "device-double-chunk" and spec["index"] == 1:
+            offset = 0  # chunk 0 once more, in chunk 1's place
+        data = os.pread(fd, spec["length"], offset)
         if len(data) != spec["length"]:
             raise ProtocolError(f"device file {spec['path']} shrank while being sent")
         frames = [self.codec.compress(data)] if data else []
@@ -54,11 +58,14 @@ class DeviceHandler(PayloadHandler):
             if len(frames) != 1:
                 raise ProtocolError("device chunk must be one frame")
             data = self.codec.decompress(frames[0], raw)
+        if self.context.fault == "device-drop-chunk" and index == 1:
+            return None  # as if this chunk had never arrived
         key = device_key(name, instance)
         fd = self._open(staging_path(self.context.device_dir, key), os.O_RDWR | os.O_CREAT)
         os.pwrite(fd, data, index * self.chunk_size)
         self.counters["device_bytes"] += raw
-        return {"name": name, "instance": instance, "index": index, "last": last, "size": raw}
+        return {"name": name, "instance": instance, "index": index, "last": last, "size": raw,
+                "hash": chunk_hash(data)}
 
     def _check_body(self, body: dict[str, Any]) -> tuple[str, int, int, bool, int]:
         name, instance, index = body.get("name"), body.get("instance"), body.get("index")

@@ -21,6 +21,7 @@ import numpy as np
 import xxhash
 
 from engine.errors import ProtocolError, TransferError
+from engine.storage.digest import ZERO_PAGE_HASH, fold_pages, page_hash, page_hashes
 from engine.storage.journal import APPLIED, HOLDS_DATA
 from engine.settings import PAGE_SIZE
 from workers.codecs import session_codecs
@@ -46,6 +47,8 @@ class RamHandler(PayloadHandler):
         self._fd = -1
         self._zeros = b""
         self.scanned: dict[tuple[int, int], np.ndarray] = {}  # last page hashes, per range
+        self._injected = False  # MULTIFD_FAULT is injected once per worker
+        self._stale: tuple[dict, list[bytes], np.ndarray] | None = None
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -68,6 +71,10 @@ class RamHandler(PayloadHandler):
         self._read(runs, buffer)
         rows = buffer[:count * PAGE_SIZE].view(np.uint64).reshape(count, _WORDS)
         nonzero = np.bitwise_or.reduce(rows, axis=1) != 0
+        self._fold_read(runs, buffer, nonzero)
+        if self.context.fault and not self._injected:
+            runs, count = self._inject_source_fault(runs, count, buffer, nonzero)
+            rows, nonzero = rows[:count], nonzero[:count]
         normal = int(np.count_nonzero(nonzero))
         if normal < count:  # pack the non-zero pages together, in order
             packed = self._pool.take()
@@ -86,6 +93,32 @@ class RamHandler(PayloadHandler):
                 "codec": codec.spec, "raw": raw}
         self._count(normal, count - normal, raw)
         return Encoded(body, frames)
+
+    def _fold_read(self, runs: list[list[int]], buffer: np.ndarray, nonzero: np.ndarray) -> None:
+        """Record the hash of every page just read as what the destination must end with
+        (a later round's read of the page overwrites it)."""
+        hashes = self.context.hashes
+        if hashes is None:
+            return
+        values = np.full(len(nonzero), ZERO_PAGE_HASH, dtype=np.uint64)
+        data = np.flatnonzero(nonzero)
+        values[data] = page_hashes(buffer, data.tolist())
+        hashes[_pages_of(runs)] = values
+
+    def _inject_source_fault(self, runs: list[list[int]], count: int, buffer: np.ndarray,
+                             nonzero: np.ndarray) -> tuple[list[list[int]], int]:
+        """MULTIFD_FAULT, once, after the pages were hashed: "ram-flip-byte" changes a byte of
+        the first non-zero page, "ram-drop-page" leaves the packet's last page out."""
+        fault = self.context.fault
+        if fault == "ram-flip-byte" and nonzero.any():
+            buffer[int(np.argmax(nonzero)) * PAGE_SIZE] ^= 0xFF
+            self._injected = True
+        elif fault == "ram-drop-page" and count > 1:
+            start, n = runs[-1]
+            runs = runs[:-1] + ([[start, n - 1]] if n > 1 else [])
+            count -= 1
+            self._injected = True
+        return runs, count
 
     def _read(self, runs: list[list[int]], buffer: np.ndarray) -> None:
         """Read the runs' pages one after another into `buffer`; a short last page is padded
@@ -107,6 +140,8 @@ class RamHandler(PayloadHandler):
 
         The answer is a bitmap (1 bit per page, packed), so it is small and of known size;
         the first scan of a range reports every page. Memory: 8 bytes per scanned page.
+        With "fold" in the spec, the hashes are recorded as the pages' folded hashes instead
+        (a resumed transfer: the destination has them already) and the answer is empty.
         """
         start, count = spec.get("start"), spec.get("count")
         if not (isinstance(start, int) and isinstance(count, int)
@@ -134,10 +169,23 @@ class RamHandler(PayloadHandler):
                 hashes[first:first + n] = np.fromiter(
                     (xxhash.xxh3_64_intdigest(view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
                      for i in range(n)), dtype=np.uint64, count=n)
+        if spec.get("fold"):  # resuming: the destination has these pages from before
+            self._fold_scanned(start, hashes)
+            return {"start": start, "count": count}
         previous = self.scanned.get((start, count))
         self.scanned[(start, count)] = hashes
         changed = np.ones(count, bool) if previous is None else hashes != previous
         return {"start": start, "count": count, "changed": np.packbits(changed).tobytes()}
+
+    def _fold_scanned(self, start: int, hashes: np.ndarray) -> None:
+        """Record scanned pages as sent: the scan's xxh3 is the fold's hash but for its low
+        bit, and for a short last page, which the fold hashes padded with zeros."""
+        values = hashes | np.uint64(1)
+        end = start + len(hashes)
+        if self.tail and end == self.pages:
+            fd = self._file(os.O_RDONLY)
+            values[-1] = page_hash(os.pread(fd, self.tail, (self.pages - 1) * PAGE_SIZE))
+        self.context.hashes[start:end] = values
 
     def _count(self, normal: int, zero: int, raw: int) -> None:
         self.counters.update(normal_pages=normal, zero_pages=zero, raw_bytes=raw)
@@ -150,6 +198,17 @@ class RamHandler(PayloadHandler):
         return packet + packet // 64 + 4096
 
     def apply(self, body: dict[str, Any], frames: list[Any]) -> None:
+        pages = self._apply(body, frames)
+        if self.context.fault == "ram-stale-copy" and not self._injected:
+            # Keep the first packet; apply it again over the first later copy of its pages.
+            if self._stale is None:
+                self._stale = (body, [bytes(f) for f in frames], pages)
+            elif np.intersect1d(pages, self._stale[2]).size:
+                self._injected = True
+                self._apply(*self._stale[:2])
+
+    def _apply(self, body: dict[str, Any], frames: list[Any]) -> np.ndarray:
+        """Check and write one packet; returns its page indices."""
         pages, zero, codec = self._check_body(body)
         normal = pages[~zero]
         raw = len(normal) * PAGE_SIZE
@@ -161,21 +220,47 @@ class RamHandler(PayloadHandler):
         if codec.name == "none":
             if sum(len(f) for f in frames) != raw:
                 raise ProtocolError("RAM payload frames do not add up to the announced size")
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
         elif raw == 0 and frames:
             raise ProtocolError("RAM packet of zero pages carries payload")
         elif raw:
             if len(frames) != 1:
                 raise ProtocolError("compressed RAM payload must be one frame")
-            frames = [codec.decompress(frames[0], raw)]
+            data = codec.decompress(frames[0], raw)
         fd = self._file(os.O_RDWR)
         written = self.context.written
         if written is not None:  # before the copy: a copy cut short still counts as data
             written[normal] |= HOLDS_DATA
-        _scatter(frames, self._byte_ranges(normal), fd)
+        if raw:
+            self._write_pages(fd, memoryview(data).cast("B"), self._byte_ranges(normal))
         self._zero(pages[zero], fd)
         if written is not None:
             written[normal] = HOLDS_DATA | APPLIED
         self._count(len(normal), len(pages) - len(normal), raw)
+        return pages
+
+    def _write_pages(self, fd: int, data: memoryview, targets: list[tuple[int, int]]) -> None:
+        """Write `data` to the [start, end) byte ranges in order, and record each page's hash
+        at the offset it was written to (so a page written to the wrong place shows).
+        Faults: "ram-wrong-offset" writes the first stretch a page further, "ram-lost-write"
+        skips its write as storage that lost it would (only --verify reread sees that)."""
+        hashes = self.context.hashes
+        if self.context.fault == "ram-wrong-offset" and not self._injected:
+            start, end = targets[0]
+            if end + PAGE_SIZE <= self.context.image_size:
+                targets = [(start + PAGE_SIZE, end + PAGE_SIZE), *targets[1:]]
+                self._injected = True
+        lost = self.context.fault == "ram-lost-write" and not self._injected
+        self._injected |= lost
+        position = 0
+        for start, end in targets:
+            part = data[position:position + end - start]
+            if not lost:
+                _write(fd, part, start)
+            lost = False
+            if hashes is not None:
+                fold_pages(hashes, start // PAGE_SIZE, part)
+            position += end - start
 
     def _byte_ranges(self, pages: np.ndarray) -> list[tuple[int, int]]:
         size = self.context.image_size
@@ -206,7 +291,7 @@ class RamHandler(PayloadHandler):
                 raise ProtocolError("RAM packet carries more pages than the packet size")
         if not isinstance(zero, bytes) or len(zero) != (total + 7) // 8:
             raise ProtocolError("RAM packet's zero-page flags have the wrong length")
-        pages = np.concatenate([np.arange(start, start + count) for start, count in runs])
+        pages = _pages_of(runs)
         flags = np.unpackbits(np.frombuffer(zero, dtype=np.uint8), count=total).astype(bool)
         return pages, flags, self.codecs[codec]
 
@@ -225,6 +310,13 @@ class RamHandler(PayloadHandler):
             _write(fd, memoryview(self._zeros)[:end - start], start)
         if written is not None:
             written[pages] = APPLIED
+        if self.context.hashes is not None:
+            self.context.hashes[pages] = ZERO_PAGE_HASH
+
+
+def _pages_of(runs: list[list[int]]) -> np.ndarray:
+    """The page indices of [first, count] runs, in order."""
+    return np.concatenate([np.arange(start, start + count) for start, count in runs])
 
 
 def _page_stretches(pages: np.ndarray) -> list[tuple[int, int]]:
@@ -235,24 +327,6 @@ def _page_stretches(pages: np.ndarray) -> list[tuple[int, int]]:
     firsts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [len(pages)]))
     return list(zip(pages[firsts].tolist(), (pages[ends - 1] + 1).tolist()))
-
-
-def _scatter(frames: list[Any], targets: list[tuple[int, int]], fd: int) -> None:
-    """Write the concatenated frames to the [start, end) byte ranges of the file in order.
-
-    The frames' total equals the targets' total (checked by the caller); frame boundaries
-    need not match target boundaries.
-    """
-    pending = iter(frames)
-    current = memoryview(b"")
-    for start, end in targets:
-        while start < end:
-            if not len(current):
-                current = memoryview(next(pending)).cast("B")
-            n = min(len(current), end - start)
-            _write(fd, current[:n], start)
-            current = current[n:]
-            start += n
 
 
 def _write(fd: int, data: memoryview, offset: int) -> None:
