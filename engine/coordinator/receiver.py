@@ -8,6 +8,7 @@ final name and answers with its verdict.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -110,7 +111,13 @@ class Receiver:
         hello, identity = self._wait_for_hello(timeout_s)
         link = ControlLink(self._socket, self.endpoint, identity)
         try:
-            return self._serve(hello, link)
+            try:
+                return self._serve(hello, link)
+            except OSError as exc:  # the journal or a device file, on a full disk
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                where = exc.filename or self.location.path
+                raise TransferError(f"the destination is full ({where})") from None
         except EngineError as exc:
             if self.vm is not None and not (self._qemu_sink and self._qemu_sink.loading):
                 exc = type(exc)(f"{exc}; the destination QEMU was not started: it still "

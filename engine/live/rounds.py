@@ -7,7 +7,7 @@ round's time from first send to the barrier's release; zero pages are cheap, so 
 count, not bytes, is what predicts the next round) and each look measures the dirty rate.
 
 The downtime is measured from asking for the pause to the destination's verdict, so it
-includes a last look and verification, which hashes the whole image on both ends. The
+includes a last look and verification (with --verify reread, a hash of the whole image on both ends). The
 engine therefore expects a stop to take: one look + the dirty pages (those found, plus those
 the source dirties during one more look) at the last round's rate + VERIFY_PASSES full hash
 passes over the image (a hash-tracking look is one such pass; with the log, one pass is
@@ -45,6 +45,8 @@ DOWNTIME_PARTS = ("pause", "look", "copy", "verify")
 # passes for 256 MiB; 3.3-4.5 for 1 GiB while digest.hash_segment's extent lookups were
 # quadratic (fixed: digest.Extents). Erring high costs a round; erring low breaks the limit.
 VERIFY_PASSES = 2
+# What hashing the folded page-hash arrays runs at, erring low (xxh3 does ~10 GB/s here).
+FOLD_BYTES_PER_S = 1e9
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,10 @@ class _Precopy:
             downtime_ms=sum(downtime.values()), downtime_parts_ms=downtime, converged=converged)
 
     def verify_estimate(self, look_s: float) -> float:
-        """Seconds that verification will take (VERIFY_PASSES full hash passes)."""
+        """Seconds that verification will take: folded, both ends hash their 8-byte-per-page
+        arrays (FOLD_BYTES_PER_S); re-read, VERIFY_PASSES full hash passes."""
+        if self.sender.settings.verify == "fold":
+            return 2 * 8 * self.sender.pages / FOLD_BYTES_PER_S
         if self.tracker.kind == "hash":
             return VERIFY_PASSES * look_s  # the look itself hashed every page
         if self.hash_pass_s is None:  # the log's looks hash nothing: time a pass, once
