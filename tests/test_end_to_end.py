@@ -193,3 +193,12 @@ def test_shared_memory_source_and_destination(image, tmp_path):
     finally:
         src.unlink()
         (Path("/dev/shm") / f"{name}-dst").unlink(missing_ok=True)
+
+
+def test_zero_pages_stay_holes_in_the_destination_through_transfer_and_digest(image, tmp_path):
+    src = image(8 * MiB, kind="mixed", seed=3)
+    result = engine.migrate(str(src), str(tmp_path / "dst"), TransferSettings(channels=2))
+    assert result.ok and result.zero_pages > 0
+    allocated = (tmp_path / "dst").stat().st_blocks * 512
+    assert allocated <= result.normal_pages * PAGE_SIZE + 64 * 1024, \
+        "zero pages were written, or read through a mapping, and took memory"

@@ -684,7 +684,8 @@ def test_list_packets_turns_sorted_pages_into_runs(pages, packet_pages, expected
 def test_list_packets_yields_plain_ints_that_msgpack_can_carry():
     packets = list(list_packets(np.array([1, 2, 3, 7], dtype=np.int64), 128))
     assert all(type(v) is int for runs in packets for run in runs for v in run)
-    job = dataclasses.replace(sample_message(jobs.Job), kind="ram", spec={"runs": packets[0]})
+    job = dataclasses.replace(sample_message(jobs.Job), kind="ram",
+                              specs=[{"runs": runs} for runs in packets])
     assert decode(encode(job), jobs.Job) == job
 
 

@@ -1,9 +1,11 @@
 """The channel loops: one data socket, credits, sync and errors; no payload knowledge.
 
-A source channel turns jobs from its coordinator into packets (through the handler the job
-names) and turns the destination's acknowledgements into credits for the coordinator. If its
-connection drops it stops with PeerLost, and its coordinator replaces it and re-sends what was
-not acknowledged.
+A source channel takes units of work from its coordinator (many packets each), sends their
+packets through the handler each unit names within its own window of unacknowledged packets,
+and tells its coordinator when a whole unit was acknowledged: nothing per packet passes
+through a coordinator. Syncs, scans and the final hash request queue behind the units given
+before them. If its connection drops it stops with PeerLost, and its coordinator replaces it
+and hands the replacement every unit not acknowledged.
 A destination channel validates everything that arrives on its socket, hands packet bodies to
 handlers, acknowledges them, and parks at each SYNC until its coordinator releases it. A
 packet re-sent after a reconnect that was already applied is acknowledged again and dropped.
@@ -27,6 +29,7 @@ from engine.log import warn
 from engine.wire.protocol import MAGIC, VERSION, Ack, ChannelRules, Fault, Init, Packet, Sync, checksum
 from engine.settings import TransferSettings
 from workers.gauge import LinkState, SendGauge
+from workers.pacing import TokenBucket
 from workers.handlers import PayloadHandler
 
 # How often an idle worker checks that its coordinator is still there.
@@ -86,12 +89,20 @@ class ChannelLoop:
     def run(self) -> None:
         while self.running:
             self.poller.modify(self.data, zmq.POLLIN if self.reading() else 0)
-            events = dict(self.poller.poll(WATCH_INTERVAL_MS))
+            events = dict(self.poller.poll(self.wait_ms()))
             if not events and not self.coordinator_alive():
                 self.on_orphaned()
             for socket, reader in list(self.readers.items()):
                 if socket in events and (socket is not self.data or self.reading()):
                     reader()
+            self.advance()
+
+    def wait_ms(self) -> int:
+        """How long to wait for the next message."""
+        return WATCH_INTERVAL_MS
+
+    def advance(self) -> None:
+        """Whatever can go on after the messages that just arrived were read."""
 
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.HashJob):
@@ -118,26 +129,62 @@ class ChannelLoop:
 
 
 class SourceChannel(ChannelLoop):
-    def __init__(self, *args, session: bytes, window: int, **kwargs) -> None:
+    def __init__(self, *args, session: bytes, window: int, pace: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.session = session
+        self.window = window
+        self.bucket = TokenBucket(pace) if pace else None
         self.last_sent = -1
         self.gauge = SendGauge(window)
+        self.queue: deque[Any] = deque()  # units, syncs, scans, hash requests, in order
+        self.next_spec = 0  # in the unit at the head of the queue
         self.unacked: deque[tuple[int, int]] = deque()  # (seq, wire bytes), oldest first
+        self.unit_ends: deque[int] = deque()  # last seq of each unit sent, not acknowledged
+        self.acked_wire = 0  # wire bytes acknowledged since the last credit
 
     def on_control(self, msg: Any) -> None:
         if isinstance(msg, jobs.Connect):
             self.connect(msg)
-        elif isinstance(msg, jobs.Job):
-            self.send_packet(msg)
-        elif isinstance(msg, jobs.SyncJob):
-            self.data.send(encode(Sync(session=self.session, channel=self.channel,
-                                       round=msg.round)))
-        elif isinstance(msg, jobs.ScanJob):
-            answer = self.handlers[msg.kind].scan(msg.spec)
-            self.tell(jobs.Scanned(scan=msg.scan, index=msg.index, data=answer))
+        elif isinstance(msg, (jobs.Job, jobs.SyncJob, jobs.ScanJob, jobs.HashJob)):
+            self.queue.append(msg)
         else:
             super().on_control(msg)
+
+    def advance(self) -> None:
+        """Work through the queue as far as the window and the pace allow."""
+        while self.queue and self.running:
+            head = self.queue[0]
+            if isinstance(head, jobs.Job):
+                if not self.send_unit(head):
+                    return
+            elif isinstance(head, jobs.SyncJob):
+                self.data.send(encode(Sync(session=self.session, channel=self.channel,
+                                           round=head.round)))
+            elif isinstance(head, jobs.ScanJob):
+                answer = self.handlers[head.kind].scan(head.spec)
+                self.tell(jobs.Scanned(scan=head.scan, index=head.index, data=answer))
+            else:
+                super().on_control(head)
+            self.queue.popleft()
+
+    def send_unit(self, job: jobs.Job) -> bool:
+        """Send what the window and the pace allow of `job`; True once all of it is out."""
+        while self.next_spec < len(job.specs):
+            if len(self.unacked) >= self.window or self.held_back_s() > 0:
+                return False
+            self.send_packet(job.seq + self.next_spec, job.kind, job.specs[self.next_spec])
+            self.next_spec += 1
+        self.next_spec = 0
+        self.unit_ends.append(job.seq + len(job.specs) - 1)
+        return True
+
+    def held_back_s(self) -> float:
+        return self.bucket.delay_s() if self.bucket is not None else 0.0
+
+    def wait_ms(self) -> int:
+        if self.queue and len(self.unacked) < self.window and self.held_back_s() > 0:
+            return min(WATCH_INTERVAL_MS, int(self.held_back_s() * 1000) + 1)
+        return WATCH_INTERVAL_MS
 
     def connect(self, msg: jobs.Connect) -> None:
         # A dropped connection would silently lose queued packets (ZeroMQ reconnects by
@@ -158,17 +205,19 @@ class SourceChannel(ChannelLoop):
             self.on_data(self.data.recv_multipart(copy=False))
         return self.gauge.state()
 
-    def send_packet(self, job: jobs.Job) -> None:
+    def send_packet(self, seq: int, kind: str, spec: dict[str, Any]) -> None:
         started = time.perf_counter()
-        encoded = self.handlers[job.kind].encode(job.spec)
-        header = encode(Packet(session=self.session, channel=self.channel, seq=job.seq,
-                               kind=job.kind, sizes=[len(f) for f in encoded.frames],
+        encoded = self.handlers[kind].encode(spec)
+        header = encode(Packet(session=self.session, channel=self.channel, seq=seq,
+                               kind=kind, sizes=[len(f) for f in encoded.frames],
                                checksum=checksum(encoded.frames), body=encoded.body))
         self.data.send_multipart([header, *encoded.frames], copy=False)
-        self.last_sent = job.seq
+        self.last_sent = seq
         wire = len(header) + sum(len(f) for f in encoded.frames)
-        self.unacked.append((job.seq, wire))
+        self.unacked.append((seq, wire))
         self.gauge.sent()
+        if self.bucket is not None:
+            self.bucket.charge(wire)
         self.count(wire, started)
 
     def on_data(self, frames: list[zmq.Frame]) -> None:
@@ -184,7 +233,13 @@ class SourceChannel(ChannelLoop):
             packets += 1
         if packets:
             self.gauge.acknowledged(packets, wire, time.perf_counter())
-        self.tell(jobs.Credit(acked=msg.seq, bytes=wire))
+        self.acked_wire += wire
+        done = None
+        while self.unit_ends and self.unit_ends[0] <= msg.seq:
+            done = self.unit_ends.popleft()
+        if done is not None:
+            self.tell(jobs.Credit(acked=done, bytes=self.acked_wire))
+            self.acked_wire = 0
 
 
 class DestinationChannel(ChannelLoop):

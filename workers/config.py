@@ -32,4 +32,5 @@ class WorkerConfig:
     # a region of the journal on the destination.
     hashes_path: str | None = None
     hashes_offset: int = 0
+    pace: float = 0.0  # source: bytes per second this channel may send (a share of the cap)
     fault: str = ""  # MULTIFD_FAULT: a fault the handlers inject, for tests

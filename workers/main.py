@@ -74,7 +74,7 @@ def run_worker(config: WorkerConfig) -> None:
             control.send(encode(jobs.Bound(endpoint=endpoint)))
         else:
             loop = SourceChannel(**common, session=config.session,
-                                 window=config.settings.window)
+                                 window=config.settings.window, pace=config.pace)
             handler_context.link = loop.link
             control.send(encode(jobs.Ready(pid=os.getpid())))
         loop.run()

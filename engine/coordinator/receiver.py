@@ -40,7 +40,8 @@ from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, ch
 from engine.qemu.migration import QEMU_DEVICE, QemuSink, open_destination
 from engine.wire.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Verdict, Welcome,
                              check_hello)
-from engine.coordinator.result import TransferResult, per_channel, total
+from engine.coordinator.final_round import FinalRound
+from engine.coordinator.result import TransferResult, transfer_result
 from engine.security import ServerKeys
 from engine.settings import MAX_CHANNELS
 
@@ -266,14 +267,11 @@ class Receiver:
         self.vm_state = self.vm.state() if in_place else ""
         link.send(Verdict(ok=True, message="", digest=image_digest, devices=assembler.sizes(),
                           vm=self.vm_state))
-        stats = transfer.counters
         workers.close()
-        return TransferResult(
-            ok=True, bytes=size, seconds=time.perf_counter() - started,
-            wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
-            zero_pages=total(stats, "zero_pages"), channels=settings.channels,
-            compress=settings.compress, rounds=complete.rounds, digest=image_digest,
-            devices=assembler.sizes(), per_channel=per_channel(stats))
+        return transfer_result(
+            transfer.final.counters, ok=True, bytes=size, seconds=time.perf_counter() - started,
+            settings=settings, rounds=complete.rounds, digest=image_digest,
+            devices=assembler.sizes())
 
     def _nothing_to_resume(self, size: int) -> str:
         if self.on_device is not None:
@@ -335,18 +333,15 @@ class _Transfer:
         self.journal = journal
         self.size = size
         self.ports = ports
-        self.verify_mode = verify
         self.barrier = SyncBarrier(len(ports))
         self.recovery = Recovery(len(ports), "destination")
         self.complete: Complete | None = None
-        self.hash_plan: dict[int, list[int]] = {}
-        self.hashes: dict[int, bytes] = {}
-        self.counters: list[dict[str, float]] = [{} for _ in ports]
+        self.final = FinalRound(size, len(ports), verify)
 
     def run(self) -> tuple[Complete, str]:
         """Serve until COMPLETE arrived and the image is hashed; returns COMPLETE and the
         verified digest (raises VerificationFailed after telling the source)."""
-        while self.complete is None or not all(self.counters):
+        while self.complete is None or not self.final.done:
             events = dict(self.workers.poller(self.link.socket).poll(self.link.poll_interval_ms()))
             try:
                 self.on_events(events)
@@ -368,8 +363,7 @@ class _Transfer:
             if self.assembler.add(**msg.data, origin=(channel, msg.seq)):
                 self.journal.record_chunk(msg.data)
         elif isinstance(msg, jobs.Hashed):
-            self.hashes.update(zip(msg.segments, msg.digests))
-            self.counters[channel] = msg.counters
+            self.final.answered(channel, msg)
         else:
             raise ProtocolError(f"unexpected {msg.TAG} from destination worker {channel}")
 
@@ -380,11 +374,7 @@ class _Transfer:
             if not self.barrier.idle:
                 raise ProtocolError("COMPLETE arrived in the middle of a round")
             self.complete = msg
-            channels = len(self.ports)
-            self.hash_plan = digest.plan(self.size, channels) if self.verify_mode == "reread" \
-                else {channel: [] for channel in range(channels)}
-            for channel, segments in self.hash_plan.items():
-                self.workers.send(channel, jobs.HashJob(segments=segments))
+            self.final.start(self.workers.send)
         elif isinstance(msg, Fault):
             raise peer_error(msg.kind, f"sender failed: {msg.message}")
         else:
@@ -396,8 +386,7 @@ class _Transfer:
         self.barrier.forget(channel)
         self.workers.replace(channel, listen_port=self.ports[channel], round=self.barrier.round)
         self.workers.gather(jobs.Bound, [channel])
-        if self.hash_plan and not self.counters[channel]:
-            self.workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
+        self.final.ask_again(channel, self.workers.send)
 
     def verify(self) -> str:
         """Compare our digests with the source's; the folded image digest if they match."""
@@ -410,8 +399,7 @@ class _Transfer:
             unwritten = len(digest.never_sent(hashes))
             problems.append("the image's digest differs from the source's" + (
                 f" ({_pages(unwritten)} never arrived)" if unwritten else ""))
-        if complete.stored and complete.stored != digest.combine(
-                self.size, (self.hashes[i] for i in sorted(self.hashes))):
+        if complete.stored and complete.stored != self.final.stored_digest():
             problems.append("the stored image's digest differs from the source's (both read "
                             "back from storage)")
         for key, value in sorted(self.assembler.digests().items()):

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from engine.settings import TransferSettings
+
 
 @dataclass(frozen=True)
 class ChannelStats:
@@ -40,13 +42,20 @@ class TransferResult:
         return out
 
 
-def per_channel(stats: list[dict[str, float]]) -> list[ChannelStats]:
-    return [ChannelStats(bytes=int(s.get("bytes", 0)), packets=int(s.get("packets", 0)),
-                         busy_s=float(s.get("busy_s", 0.0))) for s in stats]
+def transfer_result(counters: list[dict[str, float]], *, settings: TransferSettings,
+                    **figures: Any) -> TransferResult:
+    """A TransferResult from each channel's worker counters and the transfer's own figures
+    (ok, bytes, seconds, rounds, digest, devices): what both ends report alike."""
 
+    def total(key: str) -> int:
+        return int(sum(c.get(key, 0) for c in counters))
 
-def total(stats: list[dict[str, float]], key: str) -> int:
-    return int(sum(s.get(key, 0) for s in stats))
+    return TransferResult(
+        wire_bytes=total("bytes"), normal_pages=total("normal_pages"),
+        zero_pages=total("zero_pages"), channels=settings.channels, compress=settings.compress,
+        per_channel=[ChannelStats(bytes=int(c.get("bytes", 0)), packets=int(c.get("packets", 0)),
+                                  busy_s=float(c.get("busy_s", 0.0))) for c in counters],
+        **figures)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,16 @@
 """The source coordinator: the `Sender` API that producers submit pages and device state to.
 
 Producers on any thread call send_range / send_pages / send_device / sync / scan; those calls
-only queue descriptors. One dispatcher thread owns every socket: it hands each packet-sized
-job to the channel with the most free credit (a slow channel is simply given less),
-broadcasts SYNC at the end of a round, and runs the end of the transfer (digest, COMPLETE,
-verdict).
+only queue descriptors. One dispatcher thread (engine/coordinator/dispatcher.py) owns every
+socket: it hands units of work to the channels, broadcasts SYNC at the end of a round, and
+runs the end of the transfer (digests, COMPLETE, verdict).
 """
 from __future__ import annotations
 
 import os
-import queue
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -24,45 +21,20 @@ import zstandard
 from engine.storage import digest
 from engine.wire import jobs
 from workers.config import WorkerConfig
-from engine.coordinator.control import HEARTBEAT_S, ControlLink
-from engine.errors import EngineError, ProtocolError, TransferError, UsageError, \
-    VerificationFailed, peer_error
+from engine.coordinator.control import ControlLink
+from engine.coordinator.dispatcher import (Dispatcher, FinishMarker, JobStream, Marker,
+                                           ScanMarker, SyncMarker)
+from engine.errors import EngineError, ProtocolError, TransferError, UsageError
 from engine.storage.aliases import FileId
 from engine.storage.image import parse_location, source_size, stored_bytes
-from engine.coordinator.pacing import Pacer
 from engine.coordinator.partition import chunk_spans, list_packets, range_packets, runs_bytes
-from engine.coordinator.inflight import InFlight
-from engine.coordinator.processes import ChannelLost, Recovery, WorkerGroup
-from engine.wire.protocol import (SESSION_BYTES, Complete, Fault, Heartbeat, Synced, Verdict, Welcome,
-                             new_hello)
-from engine.coordinator.result import TransferResult, per_channel, total
+from engine.coordinator.processes import WorkerGroup
+from engine.wire.protocol import SESSION_BYTES, Fault, Welcome, new_hello
+from engine.coordinator.result import TransferResult, transfer_result
 from engine.security import ClientKeys
 from engine.settings import CONNECT_TIMEOUT_S, PAGE_SIZE, TransferSettings, check_bandwidth
 from engine.storage.device_files import check_device_name, device_key
 
-
-
-@dataclass
-class _Marker:
-    """A point in the submission queue that the caller waits on (end of round, finish)."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-
-
-class _SyncMarker(_Marker):
-    pass
-
-
-@dataclass
-class _FinishMarker(_Marker):
-    devices: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _ScanMarker(_Marker):
-    kind: str = ""
-    requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 # Pages per request when a resumed sender hashes what the receiver has (64K pages: 256 MiB).
@@ -113,27 +85,19 @@ class Sender:
         self.keys = keys
         self.pages = (self.image_size + PAGE_SIZE - 1) // PAGE_SIZE
         self.session = os.urandom(SESSION_BYTES)
-        self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._devices: dict[str, tuple[Path, int, str]] = {}  # key -> path, size, digest
         self._endpoints: list[str] = []
         self._spilled: list[Path] = []
         self._unsynced = False
-        self._rounds = 0
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._dispatcher: _Dispatcher | None = None
+        self._dispatcher: Dispatcher | None = None
         self._zmq = zmq.Context()
         self._workers: WorkerGroup | None = None
         self._control: ControlLink | None = None
-        self._wake_r, self._wake_w = os.pipe()
         self._started = 0.0
         self._closed = False
-        # When the destination's verdict arrived (perf_counter), before our workers stopped:
-        # the end of a live migration's downtime.
-        self.verified_at: float | None = None
-        # The destination QEMU's run state in the verdict ("" without one: receive --qemu).
-        self.destination_vm = ""
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -158,7 +122,9 @@ class Sender:
                     pass
             self.close()  # __exit__ does not run when __enter__ raises
             raise
-        self._dispatcher = _Dispatcher(self)
+        self._dispatcher = Dispatcher(self._workers, self._control, self._endpoints,
+                                      self.settings, self.image_size, self.page_hashes,
+                                      self.progress)
         self._thread = threading.Thread(target=self._run, name="multifd-dispatch", daemon=True)
         self._thread.start()
 
@@ -168,7 +134,8 @@ class Sender:
             side="source", channel=0, control="", coordinator_pid=os.getpid(),
             session=self.session, settings=self.settings, image_path=str(self.location.path),
             image_size=self.image_size, handlers=("ram", "device"), keys=self.keys,
-            hashes_path=str(self._hashes))
+            hashes_path=str(self._hashes),
+            pace=self.max_bandwidth / self.settings.channels if self.max_bandwidth else 0.0)
         self._workers = WorkerGroup(self._zmq, template, self.settings.channels)
         self._control = ControlLink.dial(self._zmq, self.endpoint, self.keys,
                                          self.connect_timeout, routing_id=self.session)
@@ -213,7 +180,7 @@ class Sender:
         if self._thread is not None and self._thread.is_alive():
             self._error = self._error or TransferError("the sender stopped before the "
                                                        "transfer completed")
-            os.write(self._wake_w, b"x")
+            self._dispatcher.stop(self._error)
             self._thread.join()
         if self._workers is not None:
             self._workers.close()
@@ -222,12 +189,8 @@ class Sender:
         self._zmq.destroy(linger=0)
         for path in self._spilled:
             path.unlink(missing_ok=True)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        if self._dispatcher is not None:
+            self._dispatcher.close()
 
     # -- submission (any thread) ----------------------------------------------------------
 
@@ -240,16 +203,18 @@ class Sender:
                              f"{self.pages} pages")
         if self._missing is not None:
             wanted = np.flatnonzero(self._missing[start:start + count]) + start
-            self._submit(self._ram_jobs(list_packets(wanted, self.settings.packet_pages)))
+            self._submit(self._ram_jobs(len(wanted),
+                                        list_packets(wanted, self.settings.packet_pages)))
         else:
-            self._submit(self._ram_jobs(range_packets(start, count, self.settings.packet_pages)))
+            self._submit(self._ram_jobs(count,
+                                        range_packets(start, count, self.settings.packet_pages)))
 
     def send_pages(self, pages: Iterable[int] | np.ndarray) -> None:
         """Queue a set of page indices (any order, duplicates ignored) for this round."""
         array = np.unique(np.asarray(pages, dtype=np.int64))
         if len(array) and (array[0] < 0 or array[-1] >= self.pages):
             raise UsageError(f"page indices must be from 0 to {self.pages - 1}")
-        self._submit(self._ram_jobs(list_packets(array, self.settings.packet_pages)))
+        self._submit(self._ram_jobs(len(array), list_packets(array, self.settings.packet_pages)))
 
     def send_device(self, name: str, state: bytes | bytearray | memoryview | str | os.PathLike,
                     instance: int = 0) -> None:
@@ -267,7 +232,7 @@ class Sender:
 
     def sync(self) -> int:
         """End the round: wait until the destination has applied everything queued before."""
-        marker = _SyncMarker()
+        marker = SyncMarker()
         self._submit(marker)
         self._wait(marker)
         return marker.result
@@ -285,7 +250,7 @@ class Sender:
                 raise UsageError(f"channel {channel} does not exist")
         if not requests:
             return []
-        marker = _ScanMarker(kind=kind, requests=list(requests))
+        marker = ScanMarker(kind=kind, requests=list(requests))
         self._submit(marker)
         self._wait(marker)
         return marker.result
@@ -294,26 +259,42 @@ class Sender:
         """Complete the transfer: final sync, digests, the destination's verdict, stats."""
         if self._missing is not None:
             self._fold_present()
-        if self._unsynced or self._rounds == 0:
+        if self._unsynced or self.rounds == 0:
             self.sync()
-        marker = _FinishMarker(devices={key: value for key, (_, _, value)
+        marker = FinishMarker(devices={key: value for key, (_, _, value)
                                         in self._devices.items()})
         self._submit(marker)
         self._wait(marker)
-        verdict, stats, image_digest = marker.result
-        return TransferResult(
-            ok=verdict.ok, bytes=self.image_size, seconds=time.perf_counter() - self._started,
-            wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
-            zero_pages=total(stats, "zero_pages"), channels=self.settings.channels,
-            compress=self.settings.compress, rounds=self._rounds, digest=image_digest,
-            devices={key: size for key, (_, size, _) in self._devices.items()},
-            per_channel=per_channel(stats))
+        verdict, counters, image_digest = marker.result
+        return transfer_result(
+            counters, ok=verdict.ok, bytes=self.image_size,
+            seconds=time.perf_counter() - self._started, settings=self.settings,
+            rounds=self.rounds, digest=image_digest,
+            devices={key: size for key, (_, size, _) in self._devices.items()})
+
+    @property
+    def rounds(self) -> int:
+        """Rounds the destination has confirmed."""
+        return self._dispatcher.rounds_confirmed if self._dispatcher is not None else 0
+
+    @property
+    def verified_at(self) -> float | None:
+        """When the destination's verdict arrived (perf_counter), before our workers stopped:
+        the end of a live migration's downtime."""
+        return self._dispatcher.verified_at if self._dispatcher is not None else None
+
+    @property
+    def destination_vm(self) -> str:
+        """The destination QEMU's run state in the verdict ("" without one: receive --qemu)."""
+        verdict = self._dispatcher.verdict if self._dispatcher is not None else None
+        return verdict.vm if verdict is not None else ""
 
     # -- helpers for the submitting threads -----------------------------------------------
 
-    def _ram_jobs(self, packets: Iterator[list[list[int]]]) -> Iterator[tuple]:
-        for runs in packets:
-            yield "ram", {"runs": runs}, runs_bytes(runs, self.image_size)
+    def _ram_jobs(self, pages: int, packets: Iterator[list[list[int]]]) -> JobStream:
+        """The stream of RAM packets covering `pages` pages."""
+        jobs = (("ram", {"runs": runs}, runs_bytes(runs, self.image_size)) for runs in packets)
+        return JobStream(-(-pages // self.settings.packet_pages), jobs)
 
     def _take_inventory(self, welcome: Welcome) -> None:
         """What a resumed receiver already has: a zstd'ed bit per page, chunks per device."""
@@ -342,13 +323,15 @@ class Sender:
         self.scan("ram", requests)
         self._missing = None
 
-    def _device_jobs(self, name: str, instance: int, path: Path, size: int) -> Iterator[tuple]:
+    def _device_jobs(self, name: str, instance: int, path: Path, size: int) -> JobStream:
+        """The stream of a device's chunks (those a resumed receiver lacks), one per packet."""
         present = set(self._chunks_present.get(device_key(name, instance), ()))
-        for index, offset, length, last in chunk_spans(size, self.settings.chunk_size):
-            if index in present:
-                continue
-            yield "device", {"name": name, "instance": instance, "index": index, "last": last,
-                             "path": str(path), "offset": offset, "length": length}, 0
+        chunks = [(index, offset, length, last) for index, offset, length, last
+                  in chunk_spans(size, self.settings.chunk_size) if index not in present]
+        return JobStream(len(chunks), (
+            ("device", {"name": name, "instance": instance, "index": index, "last": last,
+                        "path": str(path), "offset": offset, "length": length}, 0)
+            for index, offset, length, last in chunks))
 
     def _device_file(self, key: str, state: Any) -> Path:
         if isinstance(state, (bytes, bytearray, memoryview)):
@@ -367,21 +350,18 @@ class Sender:
         if self._error is not None:
             raise self._error
         with self._lock:
-            if isinstance(item, _SyncMarker):
+            if isinstance(item, SyncMarker):
                 self._unsynced = False
-            elif not isinstance(item, _Marker):
+            elif not isinstance(item, Marker):
                 self._unsynced = True
-            self._queue.put(item)
-        os.write(self._wake_w, b"x")
+            self._dispatcher.submit(item)
 
-    def _wait(self, marker: _Marker) -> None:
+    def _wait(self, marker: Marker) -> None:
         """Until the dispatcher is done with `marker`, or has failed (seen within 50 ms)."""
         while not marker.done.wait(0.05) and self._error is None:
             pass
         if self._error is not None:
             raise self._error
-
-    # -- the dispatcher thread ------------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -395,207 +375,3 @@ class Sender:
                                          kind=type(self._error).__name__))
             except EngineError:
                 pass  # the receiver is gone already
-
-
-class _Dispatcher:
-    """The dispatcher thread's state: credits, what each channel has in flight, markers."""
-
-    def __init__(self, sender: Sender) -> None:
-        self.s = sender
-        channels = sender.settings.channels
-        self.in_flight = [InFlight() for _ in range(channels)]
-        self.recovery = Recovery(channels, "source")
-        self.current: Iterator[tuple] | None = None
-        self.round = 0
-        self.waiting_sync: dict[int, _SyncMarker] = {}
-        self.scans: dict[int, _ScanMarker] = {}
-        self.next_scan = 0
-        self.finishing: _FinishMarker | None = None
-        self.hash_plan: dict[int, list[int]] = {}
-        self.hashes: dict[int, bytes] = {}
-        self.counters: list[dict[str, float]] = [{} for _ in range(channels)]
-        self.image_digest = ""
-        self.verdict: Verdict | None = None
-        self.complete: Complete | None = None
-        self.complete_sent = 0.0
-        self.pacer = Pacer(sender.max_bandwidth, channels) if sender.max_bandwidth else None
-
-    def run(self) -> None:
-        s = self.s
-        while s._error is None:
-            wait_ms = s._control.poll_interval_ms()
-            if self.pacer is not None and self.current is not None:
-                wait_ms = min(wait_ms, int(self.pacer.delay_s() * 1000) + 1)
-            events = dict(s._workers.poller(s._wake_r, s._control.socket).poll(wait_ms))
-            if s._wake_r in events:
-                os.read(s._wake_r, 65536)
-            try:
-                self.on_events(events)
-                self.dispatch()
-            except ChannelLost as lost:
-                self.recover(lost)
-            self.resend_complete()
-            if self.verdict is not None:
-                s._workers.close()
-                self.finishing.result = (self.verdict, self.counters, self.image_digest)
-                self.finishing.done.set()
-                return
-        raise s._error
-
-    def on_events(self, events: dict) -> None:
-        self.s._control.handle(events, self.on_control)
-        self.s._workers.handle(events, self.on_worker)
-
-    def recover(self, lost: ChannelLost) -> None:
-        if self.finishing is not None and all(self.counters):
-            return  # COMPLETE is out: the channels have done their part, only the verdict is due
-        self.recovery.handle(lost, self.restart)
-
-    def restart(self, channel: int) -> None:
-        """A new worker for `channel`, given everything not acknowledged, in order."""
-        workers = self.s._workers
-        workers.replace(channel)
-        workers.gather(jobs.Ready, [channel])
-        flight = self.in_flight[channel]
-        workers.send(channel, jobs.Connect(endpoint=self.s._endpoints[channel],
-                                           first_seq=flight.first_unacked))
-        for msg in flight.replay():
-            workers.send(channel, msg)
-        if self.hash_plan and not self.counters[channel]:
-            workers.send(channel, jobs.HashJob(segments=self.hash_plan[channel]))
-        for key, marker in self.scans.items():  # a new worker reports its whole range changed
-            self.send_scans(key, marker, channel)
-
-    def dispatch(self) -> None:
-        s = self.s
-        window = s.settings.window
-        while self.finishing is None:
-            if self.current is None:
-                try:
-                    item = s._queue.get_nowait()
-                except queue.Empty:
-                    return
-                if isinstance(item, _SyncMarker):
-                    for channel, flight in enumerate(self.in_flight):
-                        s._workers.send(channel, flight.add_sync(self.round))
-                    self.waiting_sync[self.round] = item
-                    self.round += 1
-                elif isinstance(item, _FinishMarker):
-                    self.start_finish(item)
-                elif isinstance(item, _ScanMarker):
-                    self.start_scan(item)
-                else:
-                    self.current = item
-                continue
-            channel = min(range(len(self.in_flight)), key=lambda c: len(self.in_flight[c]))
-            if len(self.in_flight[channel]) >= window:
-                return
-            if self.pacer is not None and self.pacer.delay_s() > 0:
-                return
-            job = next(self.current, None)
-            if job is None:
-                self.current = None
-                continue
-            s._workers.send(channel, self.in_flight[channel].add_job(*job))
-            if self.pacer is not None:
-                self.pacer.dispatched(channel, job[2])
-
-    def on_worker(self, channel: int, msg: Any) -> None:
-        if isinstance(msg, jobs.Credit):
-            flight = self.in_flight[channel]
-            before = len(flight)
-            done = flight.acked(msg.acked)
-            if self.pacer is not None and len(flight) < before:
-                self.pacer.acknowledged(channel, before - len(flight), done, msg.bytes)
-            if self.s.progress is not None and done:
-                self.s.progress(done)
-        elif isinstance(msg, jobs.Hashed):
-            self.hashes.update(zip(msg.segments, msg.digests))
-            self.counters[channel] = msg.counters
-            if all(self.counters):
-                self.send_complete()
-        elif isinstance(msg, jobs.Scanned):
-            marker = self.scans.get(msg.scan)
-            if marker is None or not 0 <= msg.index < len(marker.result) \
-                    or marker.result[msg.index] is not None:
-                raise ProtocolError(f"source worker {channel} answered a scan it was not given")
-            marker.result[msg.index] = msg.data
-            if None not in marker.result:
-                del self.scans[msg.scan]
-                marker.done.set()
-        else:
-            raise ProtocolError(f"unexpected {msg.TAG} from source worker {channel}")
-
-    def on_control(self, msg: Any) -> None:
-        if msg is None or self.verdict is not None:  # a stray's message; or all is said
-            return
-        if isinstance(msg, Heartbeat):  # covers a SYNCED lost in a broken connection
-            for round_ in sorted(r for r in self.waiting_sync if r < msg.released):
-                self.synced(round_)
-        elif isinstance(msg, Synced):
-            if msg.round not in self.waiting_sync:
-                if msg.round < self.s._rounds:
-                    return  # already confirmed by a heartbeat
-                raise ProtocolError(f"receiver confirmed round {msg.round} that was not synced")
-            self.synced(msg.round)
-        elif isinstance(msg, Verdict):
-            if not msg.ok:
-                raise VerificationFailed(f"destination did not verify: {msg.message}")
-            self.s.verified_at = time.perf_counter()
-            self.s.destination_vm = msg.vm
-            self.verdict = msg
-        elif isinstance(msg, Fault):
-            raise peer_error(msg.kind, f"receiver failed: {msg.message}")
-        else:
-            raise ProtocolError(f"unexpected {msg.TAG} from the receiver")
-
-    def synced(self, round_: int) -> None:
-        marker = self.waiting_sync.pop(round_)
-        for flight in self.in_flight:
-            flight.synced(round_)
-        self.s._rounds = round_ + 1
-        marker.result = round_
-        marker.done.set()
-
-    def start_scan(self, marker: _ScanMarker) -> None:
-        key, self.next_scan = self.next_scan, self.next_scan + 1
-        marker.result = [None] * len(marker.requests)
-        self.scans[key] = marker
-        self.send_scans(key, marker)
-
-    def send_scans(self, key: int, marker: _ScanMarker, only: int | None = None) -> None:
-        """Send the unanswered requests of a scan (those for channel `only`, if given)."""
-        for index, (channel, spec) in enumerate(marker.requests):
-            if marker.result[index] is None and only in (None, channel):
-                self.s._workers.send(channel, jobs.ScanJob(scan=key, index=index,
-                                                           kind=marker.kind, spec=spec))
-
-    def start_finish(self, marker: _FinishMarker) -> None:
-        self.finishing = marker
-        channels = len(self.in_flight)
-        self.hash_plan = digest.plan(self.s.image_size, channels) \
-            if self.s.settings.verify == "reread" else {channel: [] for channel in range(channels)}
-        for channel, segments in self.hash_plan.items():
-            self.s._workers.send(channel, jobs.HashJob(segments=segments))
-
-    def send_complete(self) -> None:
-        hashes = self.s.page_hashes()
-        unsent = digest.never_sent(hashes)
-        if len(unsent):
-            raise VerificationFailed(f"{len(unsent)} of {len(hashes)} pages were never sent (the "
-                                     f"first: page {unsent[0]}); send every page before "
-                                     "finish()")
-        self.image_digest = digest.fold_digest(self.s.image_size, hashes)
-        stored = digest.combine(self.s.image_size, (self.hashes[i] for i in sorted(self.hashes))) \
-            if self.hashes else ""
-        self.complete = Complete(digest=self.image_digest, devices=self.finishing.devices,
-                                 rounds=self.s._rounds, stored=stored)
-        self.resend_complete()
-
-    def resend_complete(self) -> None:
-        """(Re-)send COMPLETE: until the verdict comes, once a heartbeat interval, in case
-        the control connection broke and lost it (the receiver ignores a repeat)."""
-        if self.complete is not None and self.verdict is None:
-            if time.monotonic() - self.complete_sent >= HEARTBEAT_S:
-                self.s._control.send(self.complete)
-                self.complete_sent = time.monotonic()

@@ -1,8 +1,8 @@
 """Messages between a coordinator and its own workers (over IPC): descriptors, never bytes.
 
-The coordinator hands a worker *what* to send (a page run, a device chunk reference); the
-worker reads the bytes from its own mapping. The worker answers with credits (packets the
-destination acknowledged), barrier arrivals, notices from handlers, scan answers, digests and
+The coordinator hands a worker *what* to send, in units of many packets (page runs, device
+chunk references); the worker reads the bytes itself, cuts nothing and decides nothing but the
+pace. The worker answers with credits (units the destination acknowledged), barrier arrivals, notices from handlers, scan answers, digests and
 statistics.
 """
 from __future__ import annotations
@@ -34,13 +34,15 @@ class Connect:
 
 @message("w.job")
 class Job:
-    """One packet's worth of work for the handler named `kind`; `spec` is the handler's.
-    The coordinator numbers packets per channel, so that it can re-send unacknowledged ones
-    on a replacement worker and the destination can drop those it already applied."""
+    """A unit of work for the handler named `kind`: one packet per spec (each spec is the
+    handler's), numbered `seq`, `seq + 1`, ... on this channel. The worker sends them within
+    its own window; the coordinator keeps the unit until its last packet is acknowledged, so
+    that it can hand it whole to a replacement worker, and the destination drops the packets
+    it had applied already."""
 
     seq: int
     kind: str
-    spec: dict[str, Any]
+    specs: list[dict[str, Any]]
 
 
 @message("w.sync")
@@ -60,8 +62,9 @@ class Release:
 
 @message("w.credit")
 class Credit:
-    """The destination applied every packet of this channel up to and including `acked`;
-    `bytes`: what the newly acknowledged packets took on the wire (for --max-bandwidth)."""
+    """The destination applied every packet of this channel up to and including `acked`, the
+    last packet of a unit (a worker reports whole units only); `bytes`: what the newly
+    acknowledged packets took on the wire."""
 
     acked: int
     bytes: int = 0

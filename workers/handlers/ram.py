@@ -12,6 +12,7 @@ journal; a fresh destination starts zeroed), which keeps the destination sparse.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import time
@@ -158,6 +159,9 @@ class RamHandler(PayloadHandler):
                 (xxhash.xxh3_64_intdigest(view[o:o + PAGE_SIZE])
                  for o in range(first_byte, first_byte + count * PAGE_SIZE, PAGE_SIZE)),
                 dtype=np.uint64, count=count)
+            # Let go of the pages read: otherwise every scanned page stays in this worker's
+            # RSS, and a live migration's workers would grow to the size of the image.
+            self.context.image.madvise(mmap.MADV_DONTNEED, first_byte, count * PAGE_SIZE)
         else:
             buffer = self._pool.take()
             view, block = memoryview(buffer), len(buffer) // PAGE_SIZE

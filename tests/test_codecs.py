@@ -1,0 +1,108 @@
+"""--compress auto: what the send gauge measures of the link, how the codec is chosen from it,
+and that a destination takes every announced codec and nothing else."""
+from __future__ import annotations
+
+import pytest
+
+import engine
+from engine import TransferSettings
+from engine.errors import ProtocolError
+from engine.settings import PAGE_SIZE
+from workers.codecs import make_codec
+from workers.codecs.adaptive import AdaptiveChoice
+from workers.gauge import LinkState, SendGauge
+from workers.handlers.base import HandlerContext
+from workers.handlers.ram import RamHandler
+
+MiB = 1 << 20
+
+
+def test_the_send_gauge_measures_the_drain_rate_only_while_the_window_is_full():
+    gauge = SendGauge(window=4)
+    gauge.sent()
+    gauge.acknowledged(1, 1000, now=1.0)
+    gauge.sent()
+    gauge.acknowledged(1, 1000, now=2.0)  # one packet out of four: not the link's pace
+    assert gauge.state() == LinkState(fill=0.0, drain_rate=0.0)
+    for _ in range(4):
+        gauge.sent()
+    gauge.acknowledged(1, 1000, now=3.0)  # a full window from here on
+    gauge.acknowledged(1, 1000, now=3.001)  # a burst ...
+    gauge.acknowledged(1, 2000, now=4.0)  # ... then a pause: 3000 bytes in one second
+    assert gauge.state() == LinkState(fill=0.25, drain_rate=pytest.approx(3000.0))
+
+
+def _choice(state: list) -> AdaptiveChoice:
+    codecs = [make_codec("none"), make_codec("zstd:1"), make_codec("zstd:3")]
+    return AdaptiveChoice(codecs, lambda: LinkState(*state))
+
+
+def _measured(choice: AdaptiveChoice, ratios=(0.6, 0.5), speeds=(300e6, 200e6)) -> None:
+    for codec, ratio, speed in zip(choice.codecs[1:], ratios, speeds):
+        choice.record(codec, raw=2 << 20, compressed=int(ratio * (2 << 20)),
+                      seconds=(2 << 20) / speed)
+
+
+def test_auto_sends_raw_while_the_window_has_room():
+    choice = _choice([0.25, 50e6])
+    _measured(choice)
+    assert {choice.pick().spec for _ in range(40)} == {"none"}
+
+
+def test_auto_tries_each_codec_then_compresses_as_hard_as_a_slow_link_pays_for():
+    state = [7 / 8, 0.0]
+    choice = _choice(state)
+    assert choice.pick().spec == "zstd:1"  # not measured yet
+    _measured(choice)
+    state[1] = 50e6  # 50 MB/s: none 50, zstd:1 min(300, 83), zstd:3 min(200, 100)
+    assert {choice.pick().spec for _ in range(14)} == {"zstd:3"}
+
+
+def test_auto_leaves_a_fast_link_and_incompressible_data_uncompressed_but_keeps_probing():
+    state = [7 / 8, 500e6]  # the far end drains 500 MB/s: compressing at 300 is slower
+    choice = _choice(state)
+    _measured(choice)
+    picks = [choice.pick().spec for _ in range(32)]
+    assert picks.count("none") == 30 and len(set(picks)) == 3  # two probes, one per codec
+    state[1] = 50e6
+    for _ in range(8):
+        _measured(choice, ratios=(1.0, 1.0))  # random pages: nothing saved at any speed
+    assert [choice.pick().spec for _ in range(15)].count("none") >= 14
+
+
+def _handler(path, settings, fill=lambda: 0.0) -> RamHandler:
+    return RamHandler(HandlerContext(settings=settings, image_size=path.stat().st_size,
+                                     image_path=str(path),
+                                     link=lambda: LinkState(fill=fill(), drain_rate=0.0)))
+
+
+def test_auto_packets_may_use_any_announced_codec_and_nothing_else(image, tmp_path):
+    src = image(64 * PAGE_SIZE, kind="text")
+    dst = tmp_path / "dst"
+    dst.write_bytes(bytes(src.stat().st_size))
+    auto = TransferSettings(compress="auto", packet_pages=32)
+    fill = [0.0]
+    source = _handler(src, auto, lambda: fill[0])
+    raw = source.encode({"runs": [[0, 32]]})
+    fill[0] = 1.0
+    packed = source.encode({"runs": [[32, 32]]})
+    assert (raw.body["codec"], packed.body["codec"]) == ("none", "zstd:1")
+    destination = _handler(dst, auto)
+    destination.apply(raw.body, raw.frames)
+    destination.apply(packed.body, packed.frames)
+    destination.close()
+    assert dst.read_bytes() == src.read_bytes()
+    fixed = _handler(dst, TransferSettings(compress="none", packet_pages=32))
+    with pytest.raises(ProtocolError, match="announced none"):
+        fixed.apply(packed.body, packed.frames)
+    fixed.close()
+    source.close()
+
+
+def test_auto_compression_migrates_verified(image, tmp_path):
+    src = image(3 * MiB)
+    result = engine.migrate(str(src), str(tmp_path / "dst"), TransferSettings(compress="auto"))
+    assert result.ok and result.compress == "auto"
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
