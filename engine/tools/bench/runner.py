@@ -138,4 +138,7 @@ def existing_children() -> frozenset[int]:
 
 
 def engine_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    """The folder `engine` is imported from (the checkout, above engine/tools/bench/): the
+    working directory of every command the bench starts, so that `python -m engine` runs
+    this code and not another installed copy, under `ip netns exec` too."""
+    return str(Path(__file__).resolve().parents[3])
