@@ -20,7 +20,8 @@ from engine.errors import UsageError
 from engine.tools.bench.compare import same_bytes
 from engine.tools.bench.matrix import Cell
 from engine.tools.bench.qemu_peer import QEMU, SIZE_MULTIPLE, QemuRunner, qemu_missing
-from engine.tools.bench.runner import Sample, command_result, measured_command, sample_from
+from engine.tools.bench.runner import (Runner, Sample, command_result, measured_command,
+                                       sample_from)
 from engine.settings import PAGE_SIZE
 from workers.codecs import make_codec
 
@@ -61,8 +62,7 @@ def chosen_peers(names: list[str]) -> list[Peer]:
     return [PEERS[name] for name in dict.fromkeys(names)]
 
 
-def runner_for(peer: Peer):
-    """Something with the engine runners' `run(cell, repeat, image, destination)`."""
+def runner_for(peer: Peer) -> Runner:
     return QemuRunner() if peer.name == "qemu" else CommandPeer(peer.name)
 
 

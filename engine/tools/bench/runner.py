@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -53,6 +53,16 @@ class Sample:
         out = {k: v for k, v in self.__dict__.items() if k != "cell"}
         out["cell"] = dict(self.cell.values)
         return out
+
+
+class Runner(Protocol):
+    """Runs one cell: the engine (ApiRunner, CommandRunner, LinkRunner) or a peer."""
+
+    name: str
+
+    def run(self, cell: Cell, repeat: int, image: Path, destination: Path) -> Sample:
+        """Move `image` to `destination` once, measured; a failure is a Sample with ok
+        False and its reason, never an exception. `destination` is gone afterwards."""
 
 
 def settings_arguments(settings: TransferSettings) -> list[str]:
