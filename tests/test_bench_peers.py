@@ -2,7 +2,9 @@
 table a user reads (issue 10 item 5, issue 13 item 7). Real runs, one repeat, no timings."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -103,3 +105,23 @@ def test_bench_refuses_bad_peer_options_in_one_line(args, message):
     run = bench(*args)
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                    reason="the plot extra (matplotlib) is not installed")
+def test_the_plot_is_written_with_the_peers_and_the_wire_ceiling(tmp_path):
+    path = tmp_path / "bench.png"
+    run = bench("--channels", "1,2", "--compress", "none", "--peer", "lean", "--warm-up", "0",
+                "--plot", str(path))
+    assert run.returncode == 0, run.stderr
+    assert f"plot written to {path}" in run.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_plot_is_refused_before_any_work(tmp_path):
+    (tmp_path / "matplotlib").mkdir()  # a package that cannot be imported shadows it
+    (tmp_path / "matplotlib" / "__init__.py").write_text("raise ImportError('no plots here')")
+    run = bench("--plot", str(tmp_path / "x.png"),
+                env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 2
+    assert "--plot needs matplotlib" in run.stderr and "making sample images" not in run.stderr

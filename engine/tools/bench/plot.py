@@ -4,7 +4,7 @@ as dashed lines, and the wire ceiling: the line an image's rate crosses only whe
 pages or compression leave bytes out."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 from pathlib import Path
 
@@ -15,8 +15,10 @@ from engine.errors import UsageError
 
 def check_can_plot() -> None:
     """UsageError unless matplotlib is there: said before the run, not after it."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 'multifd-engine[plot]'")
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'multifd-engine[plot]'") from None
 
 
 def plot(summaries: list[CellSummary], path: Path, title: str, wire: float) -> None:

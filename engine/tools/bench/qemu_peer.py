@@ -89,9 +89,9 @@ def _migrate(scratch: Path, image: Path, destination: Path, cell: Cell) -> float
             _configure(side, qmp, parameters)
         sessions["source"].execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
         sessions["destination"].execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        address = sessions["destination"].execute("query-migrate")["socket-address"][0]
+        port = _listening_port(sessions["destination"])
         started = time.perf_counter()
-        sessions["source"].execute("migrate", {"uri": f"tcp:127.0.0.1:{address['port']}"})
+        sessions["source"].execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
         finished = []
         for side in ("source", "destination"):
             result = wait_migration(sessions[side], COMMAND_TIMEOUT_S)
@@ -142,6 +142,15 @@ def _connect(scratch: Path, side: str, process: subprocess.Popen) -> QMP:
             if time.monotonic() > deadline:
                 raise QemuFailed(f"the {side} QEMU did not open QMP within "
                                  f"{START_TIMEOUT_S:g} s") from None
+
+
+def _listening_port(qmp: QMP) -> str:
+    """The port the destination chose for tcp:...:0 (query-migrate names it)."""
+    addresses = qmp.execute("query-migrate").get("socket-address") or [{}]
+    port = addresses[0].get("port")
+    if port is None:
+        raise QemuFailed("the destination QEMU does not say which port it listens on")
+    return port
 
 
 def _configure(side: str, qmp: QMP, parameters: dict) -> None:
