@@ -32,6 +32,8 @@ from workers.codecs import make_codec
 PAGE = 4096
 PACKET_PAGES = 512  # the engine's default packet, so both cut the image alike
 HIGH_WATER = 8  # packets queued per socket: enough to keep the wire busy
+# A destination whose source died gives up after this much silence, not never.
+SILENCE_MS = 30_000
 _END = b""
 
 
@@ -100,8 +102,8 @@ def move(image: str, destination: str, channels: int, codec: str) -> dict:
     with os.fdopen(endpoints[0]) as ports:
         found = [ports.readline().strip() for _ in range(channels)]
     for share, endpoint in enumerate(found):
-        children.append(_fork(lambda: os.write(report[1], b"%d\n" % send_share(
-            image, endpoint, share, channels, codec))))
+        children.append(_fork(lambda: _source(image, endpoint, share, channels, codec,
+                                              report[1])))
     failed = sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children)
     os.close(report[1])
     with os.fdopen(report[0]) as counts:
@@ -110,10 +112,16 @@ def move(image: str, destination: str, channels: int, codec: str) -> dict:
             **({"error": f"{failed} of the lean pipeline's processes failed"} if failed else {})}
 
 
+def _source(image: str, endpoint: str, share: int, shares: int, codec: str,
+            report: int) -> None:
+    os.write(report, b"%d\n" % send_share(image, endpoint, share, shares, codec))
+
+
 def _destination(destination: str, codec: str, ports: int) -> None:
     context = zmq.Context()
     socket = context.socket(zmq.PULL)
     socket.rcvhwm = HIGH_WATER
+    socket.rcvtimeo = SILENCE_MS
     port = socket.bind_to_random_port("tcp://127.0.0.1")
     os.write(ports, b"tcp://127.0.0.1:%d\n" % port)
     receive_share(destination, socket, codec)

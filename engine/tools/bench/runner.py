@@ -133,8 +133,12 @@ def measured_command(command: list[str]
     keep = existing_children()
     with TreeMeter(command=True, exclude=keep) as meter:
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT_S, cwd=engine_root())
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=COMMAND_TIMEOUT_S, cwd=engine_root())
+        except subprocess.TimeoutExpired:  # a failed run of the cell, not of the bench
+            done = subprocess.CompletedProcess(command, -9, "", f"{command[0]} timed out "
+                                               f"after {COMMAND_TIMEOUT_S} s; killed")
         wall = time.perf_counter() - started
         reap_orphans(keep)
     return done, wall, meter
