@@ -20,6 +20,7 @@ import numpy as np
 import xxhash
 
 from engine.errors import TransferError
+from engine.tools.bench.runner import engine_root
 from engine.settings import PAGE_SIZE
 from workers.codecs import make_codec
 
@@ -35,11 +36,12 @@ def wire_ceiling(packet_bytes: int, host: str = "127.0.0.1", sink_prefix: Sequen
     count = max(8, nbytes // packet_bytes)
     probe = [sys.executable, "-m", "engine.tools.bench.probe"]
     sink = subprocess.Popen([*sink_prefix, *probe, "sink", host, str(count)],
-                            stdout=subprocess.PIPE, text=True, cwd=_root())
+                            stdout=subprocess.PIPE, text=True, cwd=engine_root())
     try:
         port = int(sink.stdout.readline())
         subprocess.run([*source_prefix, *probe, "source", f"tcp://{host}:{port}", str(count),
-                        str(packet_bytes)], check=True, timeout=_PROBE_TIMEOUT_S, cwd=_root())
+                        str(packet_bytes)], check=True, timeout=_PROBE_TIMEOUT_S,
+                       cwd=engine_root())
         report = json.loads(sink.stdout.readline())
         sink.wait(_PROBE_TIMEOUT_S)
     except (ValueError, subprocess.SubprocessError) as exc:
@@ -88,7 +90,3 @@ def work_floor(image: Path, compress: str, packet_pages: int) -> float:
         target.unlink(missing_ok=True)
     return cpu / (size / GiB)
 
-
-def _root() -> str:
-    """The folder `engine` is imported from, so that probes find it under `ip netns exec`."""
-    return str(Path(__file__).resolve().parents[2])

@@ -2,7 +2,8 @@
 
 One run: warm the machine up, make the sample images, then for each place (loopback, or
 each shaped link rate) measure the ceilings and every cell `--repeat` times in interleaved,
-shuffled rounds (the ceilings once per round too), and report.
+shuffled rounds (the ceilings once per round too), the peers' runs (peers.py) shuffled in
+among the engine's, and report.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Any, Callable
 from engine.tools.bench import ceilings as ceiling
 from engine.tools.bench.images import ImageFolder, warm_up
 from engine.tools.bench.machine import describe
-from engine.tools.bench.matrix import Axis, Cell, cells, schedule
+from engine.tools.bench.matrix import Axis, Cell, cells, schedule, show_value
 from engine.tools.bench.measure import become_subreaper
-from engine.tools.bench.report import Ceilings, print_table, summarise, to_json
-from engine.tools.bench.runner import ApiRunner, CommandRunner, Sample
+from engine.tools.bench.peers import Peer, chosen_peers, runner_for
+from engine.tools.bench.report import Ceilings, summarise, to_json
+from engine.tools.bench.runner import ApiRunner, CommandRunner, Runner, Sample
+from engine.tools.bench.table import print_table
 from engine.errors import UsageError
 from engine.settings import DEFAULT_PACKET_PAGES, PAGE_SIZE
 
@@ -34,16 +37,27 @@ def run(args: argparse.Namespace) -> int:
         cell.settings()  # out-of-range settings fail before any work
     if args.soak is not None and args.link:
         raise UsageError("--soak runs on loopback; leave out --link")
+    peers = chosen_peers(args.peer)
+    if peers and (args.link or args.soak is not None or args.max_bandwidth):
+        raise UsageError("--peer compares uncapped runs on loopback; leave out --link, "
+                         "--soak and --max-bandwidth")
     if args.link:
         from engine.tools.bench.link import check_can_run
         check_can_run()
+    if args.plot:
+        from engine.tools.bench.plot import check_can_plot
+        check_can_plot()
+    args.runner = args.runner or ("command" if peers else "api")
     become_subreaper()
     images = ImageFolder()
     try:
-        images.check_room(len(args.kind) * sum(args.size), max(args.size) * 2)
-        if args.warm_up:
-            _say(f"warming up: writing and deleting {args.warm_up >> 20} MiB in /dev/shm")
-            warm_up(args.warm_up)
+        room = len(args.kind) * sum(args.size), max(args.size) * 2
+        images.check_room(*room)
+        # What the run will fault in is what wants warming: its images and destination.
+        warm = sum(room) if args.warm_up is None else args.warm_up
+        if warm:
+            _say(f"warming up: writing and deleting {show_value(warm)} in /dev/shm")
+            warm_up(warm)
         _say("making sample images")
         for kind in args.kind:
             for size in args.size:
@@ -54,16 +68,17 @@ def run(args: argparse.Namespace) -> int:
         report: list[dict[str, Any]] = []
         failed = False
         for where, runner, wire in places():
-            summaries, found = _measure(args, matrix, images, runner, wire)
+            summaries, found = _measure(args, matrix, peers, images, runner, wire)
             print_table(summaries, found, where, runner.name, bool(args.max_bandwidth),
-                        stderr=args.json)
+                        wide=args.wide, stderr=args.json)
             report.append(to_json(summaries, found, where, runner.name, describe()))
             failed |= any(s.failures for s in summaries)
             if args.plot:
                 from engine.tools.bench.plot import plot
                 path = args.plot if len(report) == 1 else args.plot.with_stem(
                     f"{args.plot.stem}-{where}")
-                plot(summaries, path, f"{where}, {runner.name} runs")
+                plot(summaries, path, f"{where}, {runner.name} runs",
+                     found.wire_figure().median)
                 _say(f"plot written to {path}")
         if args.json:
             print(json.dumps({"runs": report}, default=str), flush=True)
@@ -109,8 +124,8 @@ def _places(args: argparse.Namespace) -> Callable:
     return links if args.link else loopback
 
 
-def _measure(args, matrix: list[Cell], images: ImageFolder, runner, wire_probe
-             ) -> tuple[list, Ceilings]:
+def _measure(args, matrix: list[Cell], peers: list[Peer], images: ImageFolder,
+             runner: Runner, wire_probe) -> tuple[list, Ceilings]:
     # Ceilings use the first packet size given: one wire ceiling per run keeps the "x wire"
     # column comparable across cells.
     packet_pages = (args.packet_pages or [DEFAULT_PACKET_PAGES])[0]
@@ -121,8 +136,9 @@ def _measure(args, matrix: list[Cell], images: ImageFolder, runner, wire_probe
     wire: list[float] = []
     floors: dict[tuple[str, int, str], list[float]] = {}
     samples: list[Sample] = []
-    plan = schedule(matrix, args.repeat, seed=args.seed)
-    for number, (repeat, cell) in enumerate(plan):
+    plan = schedule([(runner, cell) for cell in matrix] + _peer_runs(peers, matrix),
+                    args.repeat, seed=args.seed)
+    for number, (repeat, (who, cell)) in enumerate(plan):
         if not args.no_ceilings and (number == 0 or plan[number - 1][0] != repeat):
             wire.append(wire_probe(packet_pages * PAGE_SIZE, wire_bytes))
             for kind in args.kind:
@@ -132,13 +148,30 @@ def _measure(args, matrix: list[Cell], images: ImageFolder, runner, wire_probe
                         floors.setdefault((kind, size, codec), []).append(ceiling.work_floor(
                             images.image(kind, size, args.seed),
                             "zstd:1" if codec == "auto" else codec, packet_pages))
-        sample = runner.run(cell, repeat, images.image(cell["kind"], cell["size"], args.seed),
-                            destination)
+        sample = who.run(cell, repeat, images.image(cell["kind"], cell["size"], args.seed),
+                         destination)
         samples.append(sample)
-        _say(f"[{number + 1}/{len(plan)}] {cell.label()}: {sample.wall_s:.2f} s"
-            + ("" if sample.ok else f" FAILED: {sample.error}"))
+        _say(f"[{number + 1}/{len(plan)}] {sample.run} {cell.label()}: {sample.wall_s:.2f} s"
+             + ("" if sample.ok else f" FAILED: {sample.error}"))
     medians = {key: sorted(v)[len(v) // 2] for key, v in floors.items()}
-    return summarise(samples), Ceilings(wire=wire, floors=medians)
+    order = ["engine", *(peer.name for peer in peers)]  # the peers as the user listed them
+    summaries = sorted(summarise(samples), key=lambda s: order.index(s.run))
+    return summaries, Ceilings(wire=wire, floors=medians)
+
+
+def _peer_runs(peers: list[Peer], matrix: list[Cell]) -> list[tuple[Runner, Cell]]:
+    """(runner, cell) for each distinct cell each peer can run; a peer that can run none of
+    the matrix is named, not silently left out."""
+    runs = []
+    for peer in peers:
+        mine = list(dict.fromkeys(c for c in map(peer.cell_for, matrix) if c is not None))
+        if not mine:
+            _say(f"{peer.name} runs none of these cells (it has codecs "
+                 f"{', '.join(peer.codecs)}, no --curve, sizes in multiples of "
+                 f"{show_value(peer.size_multiple)})")
+        runner = runner_for(peer)
+        runs += [(runner, cell) for cell in mine]
+    return runs
 
 
 def _soak(args: argparse.Namespace, cell: Cell, images: ImageFolder) -> int:

@@ -11,11 +11,13 @@ import dataclasses
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Hashable, Iterable, TypeVar
 
 from engine.settings import TransferSettings
 
 SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(TransferSettings))
+MiB, GiB = 1 << 20, 1 << 30
+Item = TypeVar("Item", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class Cell:
         return Cell(tuple((k, v) for k, v in self.values if k not in names))
 
     def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.values)
+        """As the progress lines and the plot show it, sizes as the table writes them."""
+        return " ".join(f"{k}={show_value(v)}" for k, v in self.values)
 
 
 def cells(axes: Iterable[Axis]) -> list[Cell]:
@@ -53,13 +56,21 @@ def cells(axes: Iterable[Axis]) -> list[Cell]:
             for combo in itertools.product(*(a.values for a in axes))]
 
 
-def schedule(matrix: list[Cell], repeat: int, seed: int = 0) -> list[tuple[int, Cell]]:
-    """(repeat number, cell) for `repeat` rounds, each round every cell once in a new random
-    order: drift of the machine (other load, memory warming up) hits every cell alike."""
+def schedule(matrix: list[Item], repeat: int, seed: int = 0) -> list[tuple[int, Item]]:
+    """(repeat number, item) for `repeat` rounds, each round every item (a cell, or a cell
+    with the runner that runs it) once in a new random order: drift of the machine (other
+    load, memory warming up) hits every item alike."""
     rng = random.Random(seed)
-    order: list[tuple[int, Cell]] = []
+    order: list[tuple[int, Item]] = []
     for number in range(repeat):
         round_ = list(matrix)
         rng.shuffle(round_)
         order += [(number, cell) for cell in round_]
     return order
+
+
+def show_value(value: Any) -> str:
+    """An axis value as people read it: sizes as 1G or 256M."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= MiB:
+        return f"{value / GiB:g}G" if value % (GiB // 4) == 0 else f"{value / MiB:g}M"
+    return str(value)

@@ -29,9 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curve", type=_listed(_switch), metavar="LIST",
                    help="encryption to compare, e.g. off,on: the cost of CURVE (default off)")
     p.add_argument("--repeat", type=_whole, default=3, help="runs of each cell (default 3)")
-    p.add_argument("--runner", choices=("api", "command"), default="api",
+    p.add_argument("--runner", choices=("api", "command"),
                    help="api: engine.migrate() in this process; command: the whole "
-                        "'python -m engine migrate' command, start-up included (default api)")
+                        "'python -m engine migrate' command, start-up included (default api; "
+                        "command with --peer, as the peers are whole commands)")
+    p.add_argument("--peer", type=_listed(str), default=[], metavar="PEERS",
+                   help="run these beside the engine, on the same images in the same "
+                        "shuffled rounds: qemu (QEMU's multifd), lean (a bare Python "
+                        "pipeline), cp; the table gives the ratios engine/peer")
     p.add_argument("--link", type=_listed(parse_rate), metavar="RATES",
                    help="run across two network namespaces joined by a veth pair shaped "
                         "to each rate, e.g. 1gbit,10gbit (root needed)")
@@ -40,14 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soak", type=float, metavar="SECONDS",
                    help="run transfers of the first cell back to back this long; report "
                         "each, the failures, and whether memory grew")
-    p.add_argument("--warm-up", type=parse_size, default=10 << 30, metavar="SIZE",
-                   help="write and delete this much in /dev/shm first (default 10G; 0: no)")
+    p.add_argument("--warm-up", type=parse_size, metavar="SIZE",
+                   help="write and delete this much in /dev/shm first (default: what the "
+                        "images and the destination will take; 0: no warm-up)")
     p.add_argument("--no-ceilings", action="store_true",
                    help="skip the wire ceiling and the work floor")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document at the end (the tables go to stderr)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column in the table (the default view fits 100 columns)")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
-                   help="plot throughput against channels, one line per codec")
+                   help="plot throughput against channels, one line per codec, with the "
+                        "wire ceiling")
 
 
 def _listed(parse: Callable[[str], Any]) -> Callable[[str], list]:

@@ -5,6 +5,9 @@
 - CommandRunner: the whole `python -m engine migrate` command, start-up included, as QEMU's
   figures are taken.
 - LinkRunner (link.py): `receive` and `send` commands in two network namespaces.
+
+The peers (peers.py) run through `measured_command` too, so every whole command of either
+side is timed and counted the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -41,6 +44,7 @@ class Sample:
     peak_uss: int
     wire_bytes: int
     error: str = ""
+    run: str = "engine"  # who moved the image: the engine, or a peer (peers.py)
     # From the first to the last acknowledgement (API runs only): the data phase, without
     # start-up and the final digests, over which a --max-bandwidth cap is judged.
     data_seconds: float = 0.0
@@ -49,6 +53,16 @@ class Sample:
         out = {k: v for k, v in self.__dict__.items() if k != "cell"}
         out["cell"] = dict(self.cell.values)
         return out
+
+
+class Runner(Protocol):
+    """Runs one cell: the engine (ApiRunner, CommandRunner, LinkRunner) or a peer."""
+
+    name: str
+
+    def run(self, cell: Cell, repeat: int, image: Path, destination: Path) -> Sample:
+        """Move `image` to `destination` once, measured; a failure is a Sample with ok
+        False and its reason, never an exception. `destination` is gone afterwards."""
 
 
 def settings_arguments(settings: TransferSettings) -> list[str]:
@@ -60,14 +74,14 @@ def settings_arguments(settings: TransferSettings) -> list[str]:
 
 def sample_from(cell: Cell, repeat: int, size: int, meter: TreeMeter,
                 result: dict[str, Any] | None, error: str = "",
-                wall_s: float | None = None) -> Sample:
+                wall_s: float | None = None, run: str = "engine") -> Sample:
     usage = meter.usage
     result = result or {}
     return Sample(cell=cell, repeat=repeat, ok=bool(result.get("ok")) and not error,
                   image_bytes=size, wall_s=usage.wall_s if wall_s is None else wall_s,
                   seconds=float(result.get("seconds", usage.wall_s)), cpu_s=usage.cpu_s,
                   peak_uss=usage.peak_uss, wire_bytes=int(result.get("wire_bytes", 0)),
-                  error=error)
+                  error=error, run=run)
 
 
 class ApiRunner:
@@ -106,16 +120,28 @@ class CommandRunner:
                    "--force", "--json", *settings_arguments(cell.settings()),
                    *max_bandwidth_arguments(self.max_bandwidth),
                    *(["--curve"] if cell.get("curve") else [])]
-        keep = existing_children()
-        with TreeMeter(command=True, exclude=keep) as meter:
-            started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  timeout=COMMAND_TIMEOUT_S, cwd=engine_root())
-            wall = time.perf_counter() - started
-            reap_orphans(keep)
+        done, wall, meter = measured_command(command)
         destination.unlink(missing_ok=True)
         result, error = command_result(done)
         return sample_from(cell, repeat, image.stat().st_size, meter, result, error, wall)
+
+
+def measured_command(command: list[str]
+                     ) -> tuple[subprocess.CompletedProcess, float, TreeMeter]:
+    """Run `command` to its end: what it did, its wall time, and the meter that counted the
+    CPU and memory of every process it started (its orphans too)."""
+    keep = existing_children()
+    with TreeMeter(command=True, exclude=keep) as meter:
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=COMMAND_TIMEOUT_S, cwd=engine_root())
+        except subprocess.TimeoutExpired:  # a failed run of the cell, not of the bench
+            done = subprocess.CompletedProcess(command, -9, "", f"{command[0]} timed out "
+                                               f"after {COMMAND_TIMEOUT_S} s; killed")
+        wall = time.perf_counter() - started
+        reap_orphans(keep)
+    return done, wall, meter
 
 
 def max_bandwidth_arguments(rate: int | None) -> list[str]:
@@ -138,4 +164,7 @@ def existing_children() -> frozenset[int]:
 
 
 def engine_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    """The folder `engine` is imported from (the checkout, above engine/tools/bench/): the
+    working directory of every command the bench starts, so that `python -m engine` runs
+    this code and not another installed copy, under `ip netns exec` too."""
+    return str(Path(__file__).resolve().parents[3])
