@@ -13,6 +13,10 @@ import engine
 from engine import Receiver, Sender, TransferSettings, VerificationFailed
 from engine.tools.samples import sample_bytes
 from engine.settings import PAGE_SIZE
+from engine.storage.image import map_file
+from engine.storage.journal import HEADER_BYTES, Journal
+from workers.handlers import HandlerContext
+from workers.handlers.ram import RamHandler
 
 MiB = 1 << 20
 
@@ -202,3 +206,33 @@ def test_zero_pages_stay_holes_in_the_destination_through_transfer_and_digest(im
     allocated = (tmp_path / "dst").stat().st_blocks * 512
     assert allocated <= result.normal_pages * PAGE_SIZE + 64 * 1024, \
         "zero pages were written, or read through a mapping, and took memory"
+
+
+def test_zero_pages_written_in_place_skip_the_holes_and_zero_the_pages_with_data(tmp_path):
+    """A destination written in place (a waiting QEMU's RAM file) is not known to be zero, but
+    its holes are: zero pages are written over its data only, and its holes stay holes."""
+    pages = 64
+    dst = tmp_path / "ram"
+    with open(dst, "wb") as f:
+        f.truncate(pages * PAGE_SIZE)
+        for page in (3, 40):
+            f.seek(page * PAGE_SIZE)
+            f.write(b"\xee" * PAGE_SIZE)
+    src = tmp_path / "zeros"
+    src.write_bytes(bytes(pages * PAGE_SIZE))
+    journal = Journal.create(tmp_path / "ram.journal", pages * PAGE_SIZE, 1 << 20,
+                             holds_data=dst)
+    written = np.frombuffer(map_file(journal.path, writable=True, offset=HEADER_BYTES,
+                                     length=pages), dtype=np.uint8)
+    settings = TransferSettings(packet_pages=pages)
+    source = RamHandler(HandlerContext(settings=settings, image_size=pages * PAGE_SIZE,
+                                       image_path=str(src)))
+    destination = RamHandler(HandlerContext(settings=settings, image_size=pages * PAGE_SIZE,
+                                            image_path=str(dst), written=written))
+    packet = source.encode({"runs": [[0, pages]]})
+    destination.apply(packet.body, packet.frames)
+    destination.close()
+    source.close()
+    assert dst.read_bytes() == bytes(pages * PAGE_SIZE)
+    assert dst.stat().st_blocks * 512 <= 2 * PAGE_SIZE, "zeros were written into the holes"
+

@@ -219,7 +219,7 @@ class Receiver:
                 self._partial = partial
             try:
                 journal = Journal.create(journal_path, size, settings.chunk_size,
-                                         holds_data=in_place)
+                                         holds_data=partial if in_place else None)
             except OSError as exc:
                 raise DestinationRefused(f"cannot create {exc.filename}: {exc.strerror}") \
                     from None

@@ -10,8 +10,9 @@
   and a writer stopped by SIGSTOP between a write and its mark would lose that write. With
   counters the engine never writes, and a write cut short by the pause shows as odd.
 - "hash" (content based, for writers that cannot cooperate): each look, the source workers
-  hash every page (xxh3-64) in parallel, each over the same stripe of pages every time, and
-  answer which pages' hashes changed since their previous look (RamHandler.scan). Only a
+  hash every page (xxh3-64, blocks of 16 pages first) in parallel, each over the same stripe
+  of pages every time, and answer which pages' hashes changed since their previous look
+  (RamHandler.scan). The workers keep their stripes mapped until they stop. Only a
   bitmap of changed pages travels back: 1 bit per page. Limit: a page changed and then
   changed back to the content hashed at the previous look (between that look and the send
   that read it) is not seen again; write-tracking (the log) has no such blind spot.

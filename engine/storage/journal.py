@@ -14,6 +14,7 @@ DEST.partial) and is removed once the destination verified.
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -32,7 +33,7 @@ HEADER_BYTES = 4096  # the page map starts here; mmap offsets must be page align
 
 class Journal:
     def __init__(self, path: Path, image_size: int, chunk_size: int, create: bool,
-                 holds_data: bool = False) -> None:
+                 holds_data: Path | None = None) -> None:
         self.path = path
         self.pages = (image_size + PAGE_SIZE - 1) // PAGE_SIZE
         self.hashes_at = self.hashes_offset(image_size)
@@ -42,9 +43,9 @@ class Journal:
         if create:
             with open(path, "wb") as f:
                 f.write(msgpack.packb(header))
-                if holds_data:
+                if holds_data is not None:
                     f.seek(HEADER_BYTES)
-                    f.write(bytes([HOLDS_DATA]) * self.pages)
+                    f.write(_pages_with_data(holds_data, self.pages).tobytes())
                 f.truncate(self.records_at)
         else:
             self._check(header)
@@ -62,9 +63,12 @@ class Journal:
 
     @classmethod
     def create(cls, path: Path, image_size: int, chunk_size: int,
-               holds_data: bool = False) -> "Journal":
-        """A new journal; `holds_data`: the image is not a fresh zeroed file (a destination
-        written in place), so every page may hold data and zero pages are written too."""
+               holds_data: Path | None = None) -> "Journal":
+        """A new journal; `holds_data`: the image, when it is not a fresh zeroed file (a
+        destination written in place): its pages that are not holes may hold data, and a zero
+        page is written over those only. A QEMU waiting for an incoming migration leaves its
+        RAM file sparse, so its zero pages cost nothing; writing them all allocated the whole
+        of guest RAM, a second per GiB here."""
         return cls(path, image_size, chunk_size, create=True, holds_data=holds_data)
 
     @classmethod
@@ -104,3 +108,26 @@ class Journal:
         with open(self.path, "rb") as f:
             f.seek(self.records_at)
             return [record for record in msgpack.Unpacker(f) if isinstance(record, dict)]
+
+
+def _pages_with_data(image: Path, pages: int) -> np.ndarray:
+    """A page state per page: HOLDS_DATA where the file may hold data, 0 in its holes (where
+    the filesystem cannot tell holes, everywhere). One SEEK_DATA/SEEK_HOLE pair per extent."""
+    states = np.zeros(pages, dtype=np.uint8)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        position = 0
+        while position < size:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but holes after `position`
+                    break
+                start, end = position, size  # no hole support: assume data
+            states[start // PAGE_SIZE:-(-min(end, size) // PAGE_SIZE)] = HOLDS_DATA
+            position = end
+    finally:
+        os.close(fd)
+    return states
