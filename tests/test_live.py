@@ -92,13 +92,20 @@ def test_a_page_scan_reports_exactly_the_pages_whose_content_changed(tmp_path):
         bits = np.unpackbits(np.frombuffer(answer["changed"], np.uint8), count=count)
         return (start + np.flatnonzero(bits)).tolist()
 
+    def write(*pages: int, text: bytes) -> None:
+        with open(path, "r+b") as f:
+            for page in pages:
+                f.seek(page * PAGE_SIZE + 5)
+                f.write(text)
+
     assert changed(0, 301) == list(range(301))  # a first scan knows no earlier content
     assert changed(0, 301) == []
-    with open(path, "r+b") as f:
-        for page in (0, 7, 299, 300):
-            f.seek(page * PAGE_SIZE + 5)
-            f.write(b"changed")
-    assert changed(0, 301) == [0, 7, 299, 300]
+    write(0, 7, 299, 300, text=b"changed")
+    # The first change in a block of 16 pages reports the block (pages 0-15, 288-300) ...
+    assert changed(0, 301) == list(range(16)) + list(range(288, 301))
+    write(7, 290, 300, text=b"again")
+    assert changed(0, 301) == [7, 290, 300]  # ... from then on, exactly the pages
+    assert changed(0, 301) == []
     with pytest.raises(ProtocolError):
         handler.scan({"start": 200, "count": 102})
 

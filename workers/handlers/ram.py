@@ -147,9 +147,10 @@ class RamHandler(PayloadHandler):
 
         The answer is a bitmap (1 bit per page, packed), so it is small and of known size;
         the first scan of a range reports every page. Two levels: every scan hashes blocks of
-        SCAN_BLOCK_PAGES pages, and only the pages of blocks whose hash changed are hashed
-        again one by one, which halves a look (BENCHMARKS.md, "dirty scan"). Memory: 8 bytes
-        per scanned page and per block, no copy of any page. The pages read stay mapped from
+        SCAN_BLOCK_PAGES pages, and only the pages of blocks whose hash changed are hashed one
+        by one, which halves a look (BENCHMARKS.md, "dirty scan"); a block changed for the
+        first time reports all its pages. Memory: 8 bytes per scanned page and per block, no
+        copy of any page. The pages read stay mapped from
         one scan to the next, until the worker stops with its transfer: they are the image's
         own page-cache pages (RSS, not anonymous memory), and faulting them in again for each
         look cost four times the hashing (BENCHMARKS.md, "dirty scan"). With "fold" in the
@@ -173,18 +174,20 @@ class RamHandler(PayloadHandler):
              for o in range(first_byte, first_byte + count * PAGE_SIZE, _SCAN_BLOCK)),
             dtype=np.uint64)
         previous = self.scanned.get((start, count))
-        if previous is None:
-            pages = _xxh3_pages(view, first_byte, count)
-            changed = np.ones(count, bool)
-        else:
-            old_blocks, pages = previous
-            changed = np.zeros(count, bool)
-            for block in np.flatnonzero(blocks != old_blocks).tolist():
-                lo = block * SCAN_BLOCK_PAGES
-                hi = min(lo + SCAN_BLOCK_PAGES, count)
-                now = _xxh3_pages(view, first_byte + lo * PAGE_SIZE, hi - lo)
-                changed[lo:hi] = now != pages[lo:hi]
-                pages[lo:hi] = now
+        if previous is None:  # page hashes 0: not taken yet
+            self.scanned[(start, count)] = (blocks, np.zeros(count, np.uint64))
+            return {"start": start, "count": count,
+                    "changed": np.packbits(np.ones(count, bool)).tobytes()}
+        old_blocks, pages = previous
+        changed = np.zeros(count, bool)
+        for block in np.flatnonzero(blocks != old_blocks).tolist():
+            lo = block * SCAN_BLOCK_PAGES
+            hi = min(lo + SCAN_BLOCK_PAGES, count)
+            now = _xxh3_pages(view, first_byte + lo * PAGE_SIZE, hi - lo)
+            # A block that changed for the first time has no page hashes yet: all its pages
+            # count as changed (at most 15 pages sent that need not be).
+            changed[lo:hi] = (now != pages[lo:hi]) | (pages[lo:hi] == 0)
+            pages[lo:hi] = now
         self.scanned[(start, count)] = (blocks, pages)
         return {"start": start, "count": count, "changed": np.packbits(changed).tobytes()}
 
