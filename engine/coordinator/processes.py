@@ -8,7 +8,6 @@ Stopping is always bounded, so no process outlives the coordinator.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -31,8 +30,6 @@ from engine.settings import MAX_CHANNEL_FAILURES
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 2.0
-
-_context = multiprocessing.get_context("forkserver")
 
 
 def handler_names() -> list[str]:
@@ -113,9 +110,11 @@ class WorkerGroup:
         socket.bind(endpoint)
         self.sockets[channel] = socket
         self._poller = None
-        process = _context.Process(target=worker_main.run_worker,
-                                   args=(replace(config, channel=channel, control=endpoint),),
-                                   name=f"multifd-{config.side}-{channel}", daemon=True)
+        process = forkserver.WorkerProcess(target=worker_main.run_worker,
+                                           args=(replace(config, channel=channel,
+                                                         control=endpoint),),
+                                           name=f"multifd-{config.side}-{channel}",
+                                           daemon=True)
         process.start()
         self.processes[channel] = process
 
