@@ -4,6 +4,7 @@ from __future__ import annotations
 import filecmp
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,33 @@ def test_bad_usage_is_one_line_and_exit_code_2(image, tmp_path, args, message):
              "other": other}
     assert_usage_error(multifd(*[a.format(**names) for a in args]), message)
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("args, error, code", [
+    (["send", "{src}", "--to", "tcp://127.0.0.1:{port}", "--connect-timeout", "1"],
+     "no receiver answered at tcp://127.0.0.1:{port} within 1 s", 1),
+    (["migrate", "{src}", "{tmp}/dst", "--channels", "0"],
+     "channels must be a whole number from 1 to 64, not 0", 2),
+    (["migrate", "{src}", "{tmp}/dst", "--connect-timeout", "0"],
+     "a timeout is a number of seconds above zero, not '0'", 2),
+])
+def test_a_failure_with_json_ends_stdout_with_ok_false(image, tmp_path, args, error, code):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    names = {"src": image(8192), "tmp": tmp_path, "port": port}
+    run = multifd(*[a.format(**names) for a in args], "--json", timeout=30)
+    assert run.returncode == code
+    assert last_json(run.stdout) == {"ok": False, "error": error.format(**names),
+                                     "exit_code": code}
+    assert run.stderr.strip().splitlines()[-1] == f"multifd: error: {error.format(**names)}"
+
+
+def test_migrate_takes_a_connect_timeout(image, tmp_path):
+    src = image(MiB)
+    run = multifd("migrate", str(src), str(tmp_path / "dst"), "--connect-timeout", "5", "--json")
+    assert run.returncode == 0, run.stderr
+    assert last_json(run.stdout)["ok"] is True
 
 
 def test_a_port_in_use_is_a_usage_error(tmp_path):

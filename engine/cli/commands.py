@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from engine import __version__
+from engine.cli.failure import Failure
 from engine.coordinator import forkserver
 from engine.wire.endpoint import parse_endpoint
-from engine.errors import EngineError, Interrupted, UsageError
+from engine.errors import Interrupted, UsageError
 from engine.security import (ClientKeys, ServerKeys, load_client_keys, load_server_keys,
                              write_key_pair)
 from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNTIME_LIMIT_MS,
@@ -62,9 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", metavar="FILE",
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
-    send.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S,
-                      metavar="SECONDS", help="how long to wait for the receiver to answer "
-                      f"(default {CONNECT_TIMEOUT_S:.0f})")
     _add_sender_options(send)
     _add_live_options(send)
     _add_qemu_option(send, "--qemu", "source")
@@ -125,6 +123,9 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bandwidth", type=_bandwidth, metavar="RATE",
                    help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
                         "per second like 100M; at least 1M (default: no cap)")
+    p.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help="how long to wait for the receiver to answer, in seconds "
+                   f"(default {CONNECT_TIMEOUT_S:.0f})")
     p.add_argument("--verify", choices=VERIFY_MODES, default="fold",
                    help="fold: both ends hash every page as it passes and compare at the end "
                    "(nothing is read again); reread: also read both images back from storage "
@@ -309,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
                 result = migrate(args.src, args.dest, settings, devices=devices,
                                  device_dir=args.device_dir, force=args.force, progress=tick,
                                  curve=args.curve, resume=args.resume,
-                                 max_bandwidth=args.max_bandwidth)
+                                 max_bandwidth=args.max_bandwidth,
+                                 connect_timeout=args.connect_timeout)
             else:
                 say_connecting(args.to)
                 with Sender(args.src, args.to, settings, progress=tick, keys=keys,
@@ -340,7 +342,8 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
     if args.command == "migrate":
         return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
                             resume=source.resume, devices=devices, device_dir=args.device_dir,
-                            force=args.force, on_round=on_round)
+                            force=args.force, on_round=on_round,
+                            connect_timeout=args.connect_timeout)
     say_connecting(args.to)
     with Sender(args.src, args.to, settings, keys=sender_keys(args),
                 connect_timeout=args.connect_timeout) as sender:
@@ -373,7 +376,8 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
         if args.command == "migrate":
             return run_locally(args.src, args.dest, transfer, settings, args.device_dir,
                                args.force, curve=args.curve,
-                               max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu)
+                               max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu,
+                               connect_timeout=args.connect_timeout)
         say_connecting(args.to)
         with Sender(args.src, args.to, settings, keys=sender_keys(args),
                     max_bandwidth=args.max_bandwidth,
@@ -408,7 +412,9 @@ def print_versions() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.version:
@@ -418,19 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("a command is needed: migrate, send, receive, keygen, demo or bench "
                              "(see 'multifd --help')")
         return run(args)
-    except Interrupted as exc:
-        print(f"multifd: {exc}; stopped", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("multifd: interrupted; stopped", file=sys.stderr)
-        return 130
-    except EngineError as exc:
-        print(f"multifd: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # one the engine did not foresee: still one line, naming the file
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"multifd: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        failure = Failure.of(exc)
+        if failure is None:
+            raise
+        failure.report(args, argv)
+        return failure.exit_code
     finally:
         forkserver.stop()  # a command that returned leaves no process of its own behind
 

@@ -36,6 +36,8 @@ def print_summary(result: TransferResult | LiveResult | VmResult,
         ("rounds", str(result.rounds)),
         ("digest", result.digest),
     ]
+    if result.resumed_pages:
+        rows.append(("resumed", f"{result.resumed_pages:,} pages were already there"))
     rows += [(f"device {name}", f"{size:,} bytes") for name, size in result.devices.items()]
     rows += [(f"channel {i}", f"{c.bytes / mib:,.1f} MiB, {c.packets} packets, "
                               f"busy {c.busy_s:.2f} s")

@@ -32,7 +32,9 @@ from engine.errors import (DestinationRefused, EngineError, PeerLost, ProtocolEr
                            TransferError, UsageError, VerificationFailed, peer_error)
 from engine.wire.framing import decode
 from engine.storage.aliases import destination_writes, refuse_aliases
-from engine.storage.image import check_destination, check_free_space, create_partial, parse_location
+from engine.storage.device_files import check_device_folder
+from engine.storage.image import (check_destination, check_free_space, check_not_interrupted,
+                                  create_partial, parse_location)
 from engine.storage.journal import Journal
 from engine.log import warn
 from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
@@ -77,6 +79,8 @@ class Receiver:
         self.force = force
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
+        if self._device_folder() is not None:
+            check_device_folder(self._device_folder())
         endpoint = parse_endpoint(listen, allow_any_port=True)
         check_data_ports(data_ports, endpoint.port)
         self.keys = keys
@@ -99,6 +103,7 @@ class Receiver:
         self._owned_device_dir: Path | None = None
         self._qemu_sink: QemuSink | None = None
         self.vm_state = ""  # the destination QEMU's run state once the transfer verified
+        self.resumed_pages = 0  # pages a resumed transfer found here already
 
     def __enter__(self) -> "Receiver":
         return self
@@ -199,6 +204,13 @@ class Receiver:
         sources = {"the sender's source image": hello.source_id()}
         refuse_aliases(sources, destination_writes(self.location, self._device_folder()))
         in_place = self.vm is not None
+        if not in_place:  # again: the destination may have changed while we waited
+            check_destination(self.location, self.force)
+            check_not_interrupted(self.location, hello.resume, self.force,
+                                  "send with --resume to continue it, or start this receiver "
+                                  "with --force to start over")
+        if self._device_folder() is not None:
+            check_device_folder(self._device_folder())
         if in_place and size != self.vm.backend.size:
             raise DestinationRefused(f"the sender's image has {size} bytes, the destination "
                                      f"QEMU's RAM {self.vm.backend.size}")
@@ -212,6 +224,7 @@ class Receiver:
                     or partial.stat().st_size != size:
                 raise ProtocolError(self._nothing_to_resume(size))
             journal = Journal.resume(journal_path, size, settings.chunk_size)
+            self.resumed_pages = journal.pages - len(journal.missing_pages())
         else:
             partial = self.location.path if in_place else create_partial(self.location, size)
             if not in_place:
@@ -273,7 +286,8 @@ class Receiver:
             wire_bytes=total(stats, "bytes"), normal_pages=total(stats, "normal_pages"),
             zero_pages=total(stats, "zero_pages"), channels=settings.channels,
             compress=settings.compress, rounds=complete.rounds, digest=image_digest,
-            devices=assembler.sizes(), per_channel=per_channel(stats))
+            devices=assembler.sizes(), per_channel=per_channel(stats),
+            resumed_pages=self.resumed_pages)
 
     def _nothing_to_resume(self, size: int) -> str:
         if self.on_device is not None:

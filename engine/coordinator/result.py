@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from engine.settings import PAGE_SIZE
+
 
 @dataclass(frozen=True)
 class ChannelStats:
@@ -14,6 +16,14 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class TransferResult:
+    """What one verified transfer did, as `--json` prints it (README, "Command line").
+
+    `bytes` is the image's size, `wire_bytes` what its channels carried (after zero pages
+    and compression), `seconds` from connecting to the verdict. `resumed_pages`: pages a
+    resumed transfer found already at the destination and did not send; the rates count
+    only what this transfer moved.
+    """
+
     ok: bool
     bytes: int
     seconds: float
@@ -26,10 +36,16 @@ class TransferResult:
     digest: str
     devices: dict[str, int] = field(default_factory=dict)
     per_channel: list[ChannelStats] = field(default_factory=list)
+    resumed_pages: int = 0
+
+    @property
+    def moved_bytes(self) -> int:
+        """The part of the image this transfer covered (all of it unless resumed)."""
+        return max(0, self.bytes - self.resumed_pages * PAGE_SIZE)
 
     @property
     def gib_per_s(self) -> float:
-        return self.bytes / (1 << 30) / self.seconds if self.seconds > 0 else 0.0
+        return self.moved_bytes / (1 << 30) / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -106,6 +106,7 @@ class Sender:
         self.resume = resume
         self._missing: np.ndarray | None = None
         self._chunks_present: dict[str, list[int]] = {}
+        self.resumed_pages = 0  # pages the receiver had already: not sent, not in the rates
         self.image_size = source_size(self.location)
         self.endpoint = to
         self.settings = settings
@@ -307,7 +308,7 @@ class Sender:
             zero_pages=total(stats, "zero_pages"), channels=self.settings.channels,
             compress=self.settings.compress, rounds=self._rounds, digest=image_digest,
             devices={key: size for key, (_, size, _) in self._devices.items()},
-            per_channel=per_channel(stats))
+            per_channel=per_channel(stats), resumed_pages=self.resumed_pages)
 
     # -- helpers for the submitting threads -----------------------------------------------
 
@@ -326,6 +327,7 @@ class Sender:
             raise ProtocolError("receiver's list of missing pages has the wrong length")
         self._missing = np.unpackbits(np.frombuffer(bits, np.uint8), count=self.pages) \
             .astype(bool)
+        self.resumed_pages = self.pages - int(self._missing.sum())
         self._chunks_present = welcome.chunks or {}
 
     def _fold_present(self) -> None:
