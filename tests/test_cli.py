@@ -99,7 +99,14 @@ def test_a_mismatch_is_reported_with_exit_code_1(image, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["migrate", "{missing}", "{dst}"], "cannot read source"),
     (["migrate", "{tmp}", "{dst}"], "not a regular file"),
-    (["migrate", "{src}", "{dst}", "--compress", "lz4"], "unknown codec 'lz4'"),
+    (["migrate", "{src}", "{dst}", "--compress", "lz4"],
+     "unknown codec 'lz4'; known: none, zlib, zstd, auto"),
+    (["migrate", "{src}", "{dst}", "--chanels", "3"],
+     "unknown option --chanels; did you mean --channels? (see 'multifd migrate --help')"),
+    (["send", "{src}", "--to", "tcp://127.0.0.1:9", "--max-bandwith=1G"],
+     "unknown option --max-bandwith; did you mean --max-bandwidth? (see 'multifd send --help')"),
+    (["receive", "{dst}", "--listen", "tcp://127.0.0.1:0", "--bogus"],
+     "unknown option --bogus (see 'multifd receive --help')"),
     (["migrate", "{src}", "{dst}", "--compress", "zstd:99"], "zstd level"),
     (["migrate", "{src}", "{dst}", "--channels", "0"], "channels must be"),
     (["migrate", "{src}", "{dst}", "--channels", "1000"], "channels must be"),
@@ -148,6 +155,30 @@ def test_migrate_takes_a_connect_timeout(image, tmp_path):
     run = multifd("migrate", str(src), str(tmp_path / "dst"), "--connect-timeout", "5", "--json")
     assert run.returncode == 0, run.stderr
     assert last_json(run.stdout)["ok"] is True
+
+
+API_BANDWIDTH = """
+import sys, engine
+try:
+    result = engine.migrate(sys.argv[1], sys.argv[2], max_bandwidth=sys.argv[3])
+    print(result.ok)
+except engine.UsageError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("rate, said", [
+    ("100M", "True"),
+    ("800mbit", "True"),
+    ("1K", "max bandwidth must be at least 1M (1 MiB/s, about 8.4mbit), not 1024 bytes per "
+           "second"),
+    ("fast", "rate 'fast' is not like 1gbit, 500mbit or 100M (bytes per second)"),
+])
+def test_the_api_takes_a_bandwidth_as_the_command_line_writes_it(image, tmp_path, rate, said):
+    run = subprocess.run([sys.executable, "-c", API_BANDWIDTH, str(image(MiB)),
+                          str(tmp_path / "dst"), rate], capture_output=True, text=True,
+                         timeout=60)
+    assert run.stdout == said + "\n", run.stderr
 
 
 def test_a_port_in_use_is_a_usage_error(tmp_path):

@@ -136,3 +136,23 @@ def test_the_receiver_and_sender_snippet_runs_as_two_scripts(tmp_path):
     assert receiver.returncode == 0, receiver_err
     assert (tmp_path / "copy.ram").read_bytes() == (tmp_path / "guest.ram").read_bytes()
     assert (tmp_path / "devices" / "cpu").read_bytes() == b"..."
+
+
+# -- the README's command synopsis is what --help says ----------------------------------------
+
+def synopsis() -> dict[str, str]:
+    """Each command of the README's "Command line" block and its (joined) synopsis."""
+    block = (ROOT / "README.md").read_text().split("## Command line\n\n```sh\n", 1)[1]
+    lines = block.split("```", 1)[0].replace("\\\n", " ").splitlines()
+    return {line.split()[3]: line for line in lines if re.match(r"python -m engine \w", line)}
+
+
+def test_the_readme_synopsis_names_options_and_values_as_help_does():
+    commands = synopsis()
+    assert set(commands) == {"migrate", "receive", "send", "keygen", "demo"}
+    for command, line in commands.items():
+        shown = subprocess.run([sys.executable, "-m", "engine", command, "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30).stdout
+        shown = " ".join(shown.split())  # argparse wraps lines where it likes
+        for option, value in re.findall(r"(--[\w-]+)(?: ([A-Z][A-Z_=:/]*))?", line):
+            assert f"{option} {value}".strip() in shown, f"{command}: {option} {value}"

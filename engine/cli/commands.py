@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import socket
 import sys
@@ -26,14 +27,38 @@ from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_
 if TYPE_CHECKING:
     from engine.live.rounds import RoundReport
     from engine.coordinator.result import LiveResult, VmResult
-from engine.units import parse_rate, parse_size
+from engine.units import parse_size
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit code 2 like every other error."""
+    """argparse, but a usage mistake is one line and exit code 2 like every other error, and
+    an unknown option is answered by the subcommand it was given to, with the closest one."""
 
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            subparsers = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            parser = subparsers[0].choices[command] if command and subparsers else self
+            parser.refuse(extras)
+        return parsed
+
+    def refuse(self, extras: list[str]) -> None:
+        """The error for arguments this parser does not take: for a mistyped option, the
+        option it probably meant."""
+        given = extras[0].split("=", 1)[0]
+        if given.startswith("--"):
+            options = [o for a in self._actions for o in a.option_strings
+                       if o.startswith("--") and o != "--help"]
+            close = difflib.get_close_matches(given, options, n=1)
+            if close:
+                self.error(f"unknown option {given}; did you mean {close[0]}?")
+            self.error(f"unknown option {given}")
+        self.error(f"unrecognized arguments: {' '.join(extras)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     send.add_argument("--to", required=True, metavar="tcp://HOST:PORT",
                       help="the receiver's --listen endpoint")
-    send.add_argument("--server-key", metavar="FILE",
+    send.add_argument("--server-key", metavar="PUBLIC",
                       help="the receiver's public key (NAME.key); encrypts every channel")
-    send.add_argument("--key", metavar="FILE",
+    send.add_argument("--key", metavar="SECRET",
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
     _add_sender_options(send)
@@ -71,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
-    receive.add_argument("--key", metavar="FILE",
+    receive.add_argument("--key", metavar="SECRET",
                          help="our secret key (NAME.key_secret); encrypts every channel")
     receive.add_argument("--allow", metavar="DIR",
                          help="folder of the public keys (*.key) of senders let in")
@@ -85,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="write a CURVE key pair: DIR/NAME.key "
                                  "(public) and DIR/NAME.key_secret (owner-only)")
     keygen.add_argument("dir", metavar="DIR", help="folder for the key files (created if needed)")
-    keygen.add_argument("--name", default=socket.gethostname(),
+    keygen.add_argument("--name", default=socket.gethostname(), metavar="NAME",
                         help="file name without extension (default: this host's name)")
 
     demo = commands.add_parser("demo", help="build a sample (1 GiB image, two devices), "
                                "migrate it with zstd over 2 channels, verify, clean up")
-    demo.add_argument("--size", default="1G", help="image size, e.g. 256M or 1G (default 1G)")
+    demo.add_argument("--size", default="1G", metavar="SIZE", help="image size, e.g. 256M or 1G (default 1G)")
     demo.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
     bench = commands.add_parser("bench", help="load test: a matrix of transfers of sample "
@@ -104,7 +129,7 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted transfer: send only what DEST.partial lacks "
                    "(its DEST.journal says what that is)")
-    p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
+    p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS, metavar="N",
                    help=f"parallel channels (default {DEFAULT_CHANNELS})")
     p.add_argument("--compress", default="none", metavar="CODEC",
                    help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL], or auto (per packet, "
@@ -113,14 +138,14 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    help="codec for device state (default none: passthrough)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=PATH",
                    help="device state to send from a file (repeatable)")
-    p.add_argument("--packet-pages", type=int, default=DEFAULT_PACKET_PAGES,
+    p.add_argument("--packet-pages", type=int, default=DEFAULT_PACKET_PAGES, metavar="N",
                    help=f"pages per RAM packet (default {DEFAULT_PACKET_PAGES})")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="N",
                    help=f"unacknowledged packets per channel (default {DEFAULT_WINDOW})")
     p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
                    help=f"device chunk size, from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE >> 20}M "
                    f"(default {DEFAULT_CHUNK_SIZE >> 20}M)")
-    p.add_argument("--max-bandwidth", type=_bandwidth, metavar="RATE",
+    p.add_argument("--max-bandwidth", type=check_bandwidth, metavar="RATE",
                    help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
                         "per second like 100M; at least 1M (default: no cap)")
     p.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S, metavar="S",
@@ -131,10 +156,6 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    "(nothing is read again); reread: also read both images back from storage "
                    "and compare those (default fold)")
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
-
-
-def _bandwidth(text: str) -> int:
-    return check_bandwidth(parse_rate(text))
 
 
 def _seconds(text: str) -> float:

@@ -31,11 +31,12 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
             device_dir: str | os.PathLike | None = None, force: bool = False,
             progress: Callable[[int], None] | None = None,
             curve: bool = False, resume: bool = False,
-            max_bandwidth: int | None = None,
+            max_bandwidth: int | str | None = None,
             connect_timeout: float = CONNECT_TIMEOUT_S) -> TransferResult:
     """Copy image `source` to `destination` (paths or "shm:NAME") plus device state, verified.
     `resume` continues an interrupted copy into the same destination (see engine/storage/journal.py);
-    `max_bandwidth` caps the bytes per second on the wire, all channels together.
+    `max_bandwidth` caps the bytes per second on the wire, all channels together (a number,
+    or text such as "100M" or "500mbit").
 
     Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
     to measure its cost or to keep other local users from reading the image off the wire."""
@@ -84,7 +85,7 @@ def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
                 settings: TransferSettings = TransferSettings(),
                 device_dir: str | os.PathLike | None = None, force: bool = False,
                 progress: Callable[[int], None] | None = None, curve: bool = False,
-                resume: bool = False, max_bandwidth: int | None = None,
+                resume: bool = False, max_bandwidth: int | str | None = None,
                 dest_qemu: str | None = None,
                 connect_timeout: float = CONNECT_TIMEOUT_S) -> R:
     """Serve `destination` on a loopback receiver thread while `transfer(sender)` sends to it.
