@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.tools.samples import write_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,9 +121,22 @@ def test_the_migrate_snippet_runs_pasted_into_a_script_without_a_main_guard(tmp_
         "copy.ram", "copy.ram.devices", "guest.ram", "literal.py", "virtio-net.state"]
 
 
-def test_the_receiver_and_sender_snippet_runs_as_two_scripts(tmp_path):
+def keygen(folder: Path) -> None:
+    """The README's keygen commands ("Between two hosts"), run in `folder`."""
+    for name in ("receiver", "sender"):
+        subprocess.run([sys.executable, "-m", "engine", "keygen", f"keys/{name}", "--name", name],
+                       cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+                       capture_output=True, timeout=30)
+    (folder / "keys/allowed").mkdir()
+    (folder / "keys/allowed/sender.key").write_bytes((folder / "keys/sender/sender.key").read_bytes())
+
+
+@pytest.mark.parametrize("snippet", [1, 2], ids=["rounds", "encrypted"])
+def test_the_receiver_and_sender_snippets_run_as_two_scripts(tmp_path, snippet):
     write_sample(tmp_path / "guest.ram", 40 << 20)  # page 9000 is inside
-    receiver_part, sender_part = python_snippets()[1].split("\n# In another (the source):\n")
+    if snippet == 2:
+        keygen(tmp_path)
+    receiver_part, sender_part = python_snippets()[snippet].split("\n# In another (the source):\n")
     with socket.socket() as s:  # the README's port 7000 may be taken on a shared machine
         s.bind(("127.0.0.1", 0))
         endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
@@ -135,7 +150,8 @@ def test_the_receiver_and_sender_snippet_runs_as_two_scripts(tmp_path):
     assert sender.returncode == 0, sender.stderr
     assert receiver.returncode == 0, receiver_err
     assert (tmp_path / "copy.ram").read_bytes() == (tmp_path / "guest.ram").read_bytes()
-    assert (tmp_path / "devices" / "cpu").read_bytes() == b"..."
+    if snippet == 1:
+        assert (tmp_path / "devices" / "cpu").read_bytes() == b"..."
 
 
 # -- the README's command synopsis is what --help says ----------------------------------------

@@ -39,7 +39,17 @@ def migrate(source: str, destination: str, settings: TransferSettings = Transfer
     or text such as "100M" or "500mbit").
 
     Loopback needs no encryption; `curve` turns it on anyway (fresh keys for this transfer),
-    to measure its cost or to keep other local users from reading the image off the wire."""
+    to measure its cost or to keep other local users from reading the image off the wire.
+
+    Raises, all `engine.EngineError`s:
+    - UsageError before anything is created: an unreadable source or device file, a bad
+      device name or setting, a destination that exists (without `force`), is the source
+      under another name, has no room, or holds an interrupted copy's DEST.partial (pass
+      `resume` to continue it or `force` to start over);
+    - TransferError (PeerLost, ProtocolError, CorruptPayload) when the copy fails on the
+      way, VerificationFailed when it arrived but differs from the source. A file
+      destination then stays as DEST.partial with DEST.journal, which `resume` continues;
+      a shared-memory one is removed. Nothing ever has the final name unless it verified."""
 
     check_inputs(source, destination, devices, device_dir, force, resume)
 

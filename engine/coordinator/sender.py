@@ -88,6 +88,14 @@ class Sender:
     With `keys`, the control and every data channel are encrypted and authenticated (CURVE).
     Thread safety: every send_* method and sync() may be called from any thread; sync() and
     finish() wait for the destination, so call each from one thread at a time.
+
+    Raises, all `engine.EngineError`s: UsageError from the constructor and the send_*
+    methods for bad arguments (an unreadable source or device file, pages outside the
+    image); from start(): PeerLost when no receiver answers within `connect_timeout`,
+    AuthenticationFailed when keys do not match, DestinationRefused when the receiver
+    refuses the destination (it exists, is full, holds an interrupted copy: pass `resume`);
+    from any later call: the TransferError that ended the transfer (the first one, on every
+    thread), VerificationFailed from finish() when the destination differs from the source.
     """
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
