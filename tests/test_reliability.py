@@ -109,6 +109,22 @@ def test_a_killed_worker_is_replaced_and_the_transfer_verifies(random_image, tmp
     assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)
 
 
+def test_verbose_shows_each_channel_s_events_and_the_replay_after_a_killed_worker(
+        random_image, tmp_path):
+    receiver, endpoint = start_receiver(tmp_path / "dst", "-v")
+    sender = start_sender(random_image, endpoint, *SLOW, "-v")
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    kill_worker(sender, "multifd-src0")
+    (sent, _, err), (received, _, rerr) = finish(sender, receiver)
+    assert sent == 0 and received == 0, err + rerr
+    events = err.splitlines()
+    assert "multifd: channel 1: source worker started" in " ".join(events)
+    assert [line for line in events if line.startswith("multifd: channel 0: connecting to ")
+            and ", replaying from packet " in line], err
+    assert "channel 1: destination worker listening on port" in rerr
+    assert "round 0: every channel reached the barrier; released" in rerr
+
+
 def test_a_channel_that_keeps_failing_fails_the_transfer_and_names_it(random_image, tmp_path):
     receiver, endpoint = start_receiver(tmp_path / "dst")
     sender = start_sender(random_image, endpoint, *SLOW)

@@ -9,9 +9,9 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from engine import __version__
+from engine import __version__, log
 from engine.cli.failure import Failure
 from engine.coordinator import forkserver
 from engine.wire.endpoint import parse_endpoint
@@ -54,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
         if given.startswith("--"):
             options = [o for a in self._actions for o in a.option_strings
                        if o.startswith("--") and o != "--help"]
-            close = difflib.get_close_matches(given, options, n=1)
+            close = difflib.get_close_matches(given, options, n=1, cutoff=0.8)
             if close:
                 self.error(f"unknown option {given}; did you mean {close[0]}?")
             self.error(f"unknown option {given}")
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "parallel ZeroMQ channels, verified end to end.")
     parser.add_argument("--version", action="store_true", help="show versions and exit")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    common = [_verbosity_options()]  # every subcommand takes -q and -v
 
-    migrate = commands.add_parser("migrate", help="copy SRC to DEST on this machine over "
+    migrate = commands.add_parser("migrate", parents=common, help="copy SRC to DEST on this machine over "
                                   "loopback TCP (both ends)")
     migrate.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     migrate.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_option(migrate, "--qemu", "source")
     _add_qemu_option(migrate, "--dest-qemu", "destination")
 
-    send = commands.add_parser("send", help="send SRC to a waiting receiver")
+    send = commands.add_parser("send", parents=common, help="send SRC to a waiting receiver")
     send.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     send.add_argument("--to", required=True, metavar="tcp://HOST:PORT",
                       help="the receiver's --listen endpoint")
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_live_options(send)
     _add_qemu_option(send, "--qemu", "source")
 
-    receive = commands.add_parser("receive", help="wait for one transfer into DEST")
+    receive = commands.add_parser("receive", parents=common, help="wait for one transfer into DEST")
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
@@ -107,22 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_option(receive, "--qemu", "destination")
     _add_receiver_options(receive)
 
-    keygen = commands.add_parser("keygen", help="write a CURVE key pair: DIR/NAME.key "
+    keygen = commands.add_parser("keygen", parents=common, help="write a CURVE key pair: DIR/NAME.key "
                                  "(public) and DIR/NAME.key_secret (owner-only)")
     keygen.add_argument("dir", metavar="DIR", help="folder for the key files (created if needed)")
     keygen.add_argument("--name", default=socket.gethostname(), metavar="NAME",
                         help="file name without extension (default: this host's name)")
 
-    demo = commands.add_parser("demo", help="build a sample (1 GiB image, two devices), "
+    demo = commands.add_parser("demo", parents=common, help="build a sample (1 GiB image, two devices), "
                                "migrate it with zstd over 2 channels, verify, clean up")
     demo.add_argument("--size", default="1G", metavar="SIZE", help="image size, e.g. 256M or 1G (default 1G)")
     demo.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
-    bench = commands.add_parser("bench", help="load test: a matrix of transfers of sample "
+    bench = commands.add_parser("bench", parents=common, help="load test: a matrix of transfers of sample "
                                 "images, measured against the wire and the work floor")
     from engine.tools.bench.options import add_arguments
     add_arguments(bench)
     return parser
+
+
+def _verbosity_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=log.QUIET,
+                       default=log.NORMAL, help="errors only (and --json's line)")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const",
+                       const=log.VERBOSE, help="also each channel's events: workers, "
+                       "connections, reconnects, replays, rounds")
+    return options
 
 
 def _add_sender_options(p: argparse.ArgumentParser) -> None:
@@ -299,8 +311,8 @@ def run(args: argparse.Namespace) -> int:
         return run_demo(args.size, args.json)
     if args.command == "keygen":
         public, secret = write_key_pair(args.dir, args.name)
-        print(f"multifd: wrote {public} (public: give it to the other side) and {secret} "
-              "(secret: keep it on this host)", file=sys.stderr)
+        log.notice(f"wrote {public} (public: give it to the other side) and {secret} (secret: "
+                   "keep it on this host)")
         return 0
     if args.command == "bench":
         from engine.tools.bench.command import run as run_bench
@@ -310,8 +322,7 @@ def run(args: argparse.Namespace) -> int:
         with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
                       keys=keys, data_ports=args.data_ports, qemu=args.qemu) as receiver:
             note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
-            print(f"multifd: listening on {receiver.endpoint}{note}", file=sys.stderr,
-                  flush=True)
+            log.notice(f"listening on {receiver.endpoint}{note}")
             result = receiver.run()
     elif args.qemu is not None or getattr(args, "dest_qemu", None) is not None:
         result = run_vm_command(args, live_from(args))
@@ -344,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
                     result = sender.finish()
     if args.json:
         print(json_line(result), flush=True)
-    else:
+    elif log.verbosity() > log.QUIET:
         print_summary(result)
     return 0
 
@@ -359,7 +370,7 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
     devices = devices_from(args.device)
     source = (ProcessPause(args.pause_pid) if args.pause_pid is not None
               else CommandPause(args.pause_cmd, args.resume_cmd))
-    on_round = _print_round if sys.stderr.isatty() else None
+    on_round = _round_printer()
     if args.command == "migrate":
         return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
                             resume=source.resume, devices=devices, device_dir=args.device_dir,
@@ -386,7 +397,7 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
         raise UsageError("--resume does not apply to --qemu: migrate the running VM again")
     settings = settings_from(args)
     devices = devices_from(args.device)
-    on_round = _print_round if sys.stderr.isatty() else None
+    on_round = _round_printer()
     if args.command == "migrate":
         check_inputs(args.src, args.dest, devices, args.device_dir, args.force,
                      in_place=args.dest_qemu is not None)
@@ -409,11 +420,15 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
 def say_connecting(to: str) -> None:
     """Tell the user whom a sender waits for (a malformed endpoint fails first, alone)."""
     parse_endpoint(to)
-    print(f"multifd: connecting to {to}", file=sys.stderr, flush=True)
+    log.notice(f"connecting to {to}")
 
 
-def _print_round(report: "RoundReport") -> None:
-    print(f"multifd: {report}", file=sys.stderr, flush=True)
+def _round_printer() -> Callable[["RoundReport"], None] | None:
+    """One line per live round: on a terminal, or anywhere with -v."""
+    level = log.verbosity()
+    if level == log.VERBOSE or (level == log.NORMAL and sys.stderr.isatty()):
+        return lambda report: log.notice(str(report))
+    return None
 
 
 def print_versions() -> None:
@@ -441,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.version:
             print_versions()
             return 0
+        log.set_verbosity(getattr(args, "verbosity", log.NORMAL))
         if args.command is None:
             raise UsageError("a command is needed: migrate, send, receive, keygen, demo or bench "
                              "(see 'multifd --help')")

@@ -21,6 +21,8 @@ import os
 from multiprocessing import popen_forkserver, reduction, spawn, util
 from typing import Any
 
+from engine import log
+
 # The built-in handlers and codecs too: the registries import them by name on first use,
 # which without this happened in every new worker (zstandard alone is tens of ms).
 PRELOAD = ["workers.main", "workers.handlers.ram", "workers.handlers.device",
@@ -86,7 +88,17 @@ class _Popen(popen_forkserver.Popen):
 
 
 class WorkerProcess(multiprocessing.context.ForkServerProcess):
-    """A process forked from the forkserver that does not re-import the caller's script."""
+    """A process forked from the forkserver that does not re-import the caller's script and
+    speaks at the verbosity its coordinator had when it started it (-q, -v): the forkserver
+    itself started before the command line was read."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._verbosity = log.verbosity()  # pickled with the process object
+
+    def run(self) -> None:
+        log.set_verbosity(self._verbosity)
+        super().run()
 
     @staticmethod
     def _Popen(process_obj: Any) -> _Popen:

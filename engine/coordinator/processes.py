@@ -23,9 +23,9 @@ from workers.codecs import make_codec, session_codecs
 from workers.handlers import HANDLERS
 from engine.errors import PeerLost, TransferError, error_named
 from engine.wire.framing import decode, encode
-from engine.wire.jobs import Failure, Stop
+from engine.wire.jobs import Connect, Failure, Stop
 from workers.config import WorkerConfig
-from engine.log import warn
+from engine.log import detail, warn
 from engine.settings import MAX_CHANNEL_FAILURES
 
 START_TIMEOUT_S = 30.0
@@ -117,6 +117,7 @@ class WorkerGroup:
                                            daemon=True)
         process.start()
         self.processes[channel] = process
+        detail(f"channel {channel}: {config.side} worker started (pid {process.pid})")
 
     def replace(self, channel: int, **changes: Any) -> None:
         """Kill channel's worker (if still alive) and start a new one with `changes`."""
@@ -135,6 +136,9 @@ class WorkerGroup:
 
     def send(self, channel: int, msg: Any) -> None:
         """Never blocks: a worker that cannot take a message has died (its PAIR has no peer)."""
+        if isinstance(msg, Connect):  # every source worker's connection, first or again
+            again = f", replaying from packet {msg.first_seq}" if msg.first_seq else ""
+            detail(f"channel {channel}: connecting to {msg.endpoint}{again}")
         try:
             self.sockets[channel].send(encode(msg), zmq.NOBLOCK)
         except zmq.Again:

@@ -36,7 +36,7 @@ from engine.storage.device_files import check_device_folder
 from engine.storage.image import (check_destination, check_free_space, check_not_interrupted,
                                   create_partial, parse_location)
 from engine.storage.journal import Journal
-from engine.log import warn
+from engine.log import detail, warn
 from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
                                           handler_names)
 from engine.qemu.migration import QEMU_DEVICE, QemuSink, open_destination
@@ -200,6 +200,8 @@ class Receiver:
         started = time.perf_counter()
         settings = hello.settings()  # checked by _wait_for_hello
         size = hello.image_size
+        detail(f"a sender connected: {size:,} bytes over {settings.channels} channels, "
+               f"compress {settings.compress}{', resuming' if hello.resume else ''}")
         # Nothing exists yet: refuse to write the source, or a place too small, first.
         sources = {"the sender's source image": hello.source_id()}
         refuse_aliases(sources, destination_writes(self.location, self._device_folder()))
@@ -263,6 +265,8 @@ class Receiver:
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
         ports = [int(bound.endpoint.rsplit(":", 1)[1])
                  for _, bound in sorted(workers.gather(jobs.Bound).items())]
+        for channel, port in enumerate(ports):
+            detail(f"channel {channel}: destination worker listening on port {port}")
         link.send(replace(welcome, ports=ports))
         transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify)
         complete, image_digest = transfer.run()
@@ -375,6 +379,7 @@ class _Transfer:
     def on_worker(self, channel: int, msg: Any) -> None:
         if isinstance(msg, jobs.Reached):
             if self.barrier.arrive(channel, msg.round):
+                detail(f"round {msg.round}: every channel reached the barrier; released")
                 self.workers.broadcast(jobs.Release(round=msg.round))
                 self.link.released = self.barrier.round
                 self.link.send(Synced(round=msg.round))
