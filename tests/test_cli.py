@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
+import pty
 import re
 import socket
 import subprocess
@@ -15,8 +17,9 @@ from engine import Sender, TransferSettings, VerificationFailed
 from engine.tools.samples import sample_bytes
 
 MiB = 1 << 20
-JSON_KEYS = {"ok", "bytes", "seconds", "gib_per_s", "wire_bytes", "normal_pages", "zero_pages",
-             "channels", "compress", "rounds", "digest", "devices", "per_channel"}
+JSON_KEYS = {"ok", "bytes", "seconds", "gib_per_s", "wire_gib_per_s", "wire_bytes",
+             "normal_pages", "zero_pages", "channels", "compress", "rounds", "digest", "devices",
+             "resumed_pages", "per_channel"}
 
 
 def multifd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -179,6 +182,68 @@ def test_the_api_takes_a_bandwidth_as_the_command_line_writes_it(image, tmp_path
                           str(tmp_path / "dst"), rate], capture_output=True, text=True,
                          timeout=60)
     assert run.stdout == said + "\n", run.stderr
+
+
+def in_a_terminal(*args: str) -> tuple[int, str]:
+    """Run `python -m engine ARGS` on a pseudo-terminal, as a user at a shell; its exit code
+    and everything it wrote there."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "engine", *args], stdin=terminal,
+                               stdout=terminal, stderr=terminal, env={**os.environ,
+                                                                      "COLUMNS": "120"})
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    return process.wait(timeout=120), seen.decode(errors="replace")
+
+
+def test_the_bar_and_the_summary_speak_binary_units_and_both_rates(image, tmp_path):
+    src = image(32 * MiB, kind="random")  # a second at the cap: the bar draws a few times
+    code, screen = in_a_terminal("migrate", str(src), str(tmp_path / "dst"), "--max-bandwidth",
+                                 "32M")
+    assert code == 0, screen
+    assert re.search(r"\d+\.\d/32\.0 MiB\S* [\d.,]+ [KMG]iB/s image", screen), screen
+    rate = next(line for line in screen.splitlines() if "rate" in line)
+    assert re.search(r"[\d.,]+ [KMG]iB/s image, [\d.,]+ [KMG]iB/s on the wire", rate), rate
+    assert "MB/s" not in screen and "GB/s" not in screen
+
+
+COMMANDS = ["migrate", "send", "receive", "keygen", "demo", "bench"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_quiet_and_verbose(command):
+    shown = multifd(command, "--help").stdout
+    assert "-q, --quiet" in shown and "-v, --verbose" in shown
+
+
+def test_quiet_prints_nothing_but_errors(image, tmp_path):
+    src = image(MiB)
+    done = multifd("migrate", str(src), str(tmp_path / "dst"), "-q")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    keys = multifd("keygen", str(tmp_path / "keys"), "--name", "a", "-q")
+    assert (keys.returncode, keys.stderr) == (0, "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    failed = multifd("send", str(src), "--to", nobody, "--connect-timeout", "1", "-q")
+    assert failed.returncode == 1
+    assert failed.stderr == f"multifd: error: no receiver answered at {nobody} within 1 s\n"
+    json_only = multifd("migrate", str(src), str(tmp_path / "dst2"), "-q", "--json")
+    assert json_only.stderr == "" and last_json(json_only.stdout)["ok"] is True
+
+
+def test_quiet_and_verbose_together_are_refused(image, tmp_path):
+    assert_usage_error(multifd("migrate", str(image(8192)), str(tmp_path / "dst"), "-q", "-v"),
+                       "not allowed with argument")
 
 
 def test_a_port_in_use_is_a_usage_error(tmp_path):

@@ -44,12 +44,27 @@ class TransferResult:
         return max(0, self.bytes - self.resumed_pages * PAGE_SIZE)
 
     @property
+    def image_rate(self) -> float:
+        """Bytes per second of the image this transfer covered, zero pages included."""
+        return self.moved_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def wire_rate(self) -> float:
+        """Bytes per second the channels carried (no zero pages, after compression)."""
+        return self.wire_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    @property
     def gib_per_s(self) -> float:
-        return self.moved_bytes / (1 << 30) / self.seconds if self.seconds > 0 else 0.0
+        return self.image_rate / (1 << 30)
+
+    @property
+    def wire_gib_per_s(self) -> float:
+        return self.wire_rate / (1 << 30)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["gib_per_s"] = round(self.gib_per_s, 3)
+        out["wire_gib_per_s"] = round(self.wire_gib_per_s, 3)
         out["seconds"] = round(self.seconds, 4)
         for channel in out["per_channel"]:
             channel["busy_s"] = round(channel["busy_s"], 4)
