@@ -190,6 +190,10 @@ def test_an_interrupt_stops_cleanly_and_leaves_no_final_destination(random_image
     print(f"\n{victim} stopped {time.monotonic() - started:.2f} s after the signal")
     assert target_code == code
     assert "stopped" in err and "Traceback" not in err
+    if victim == "sender":
+        assert err.strip().splitlines()[-1].endswith(
+            "to continue, start the receiver on the same DEST again and run: python -m engine "
+            f"send {random_image} --to {endpoint} --json {' '.join(SLOW)} --resume")
     other = sender if target is receiver else receiver
     assert finish(other, timeout=30)[0][0] == 1
     assert not (tmp_path / "dst").exists(), "an incomplete image got its final name"

@@ -34,6 +34,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit code 2 like every other error, and
     an unknown option is answered by the subcommand it was given to, with the closest one."""
 
+    commands: dict[str, "_Parser"] = {}  # the subcommands' parsers, set on the top one
+
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -42,9 +44,7 @@ class _Parser(argparse.ArgumentParser):
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             command = getattr(parsed, "command", None)
-            subparsers = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
-            parser = subparsers[0].choices[command] if command and subparsers else self
-            parser.refuse(extras)
+            self.commands.get(command, self).refuse(extras)
         return parsed
 
     def refuse(self, extras: list[str]) -> None:
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "parallel ZeroMQ channels, verified end to end.")
     parser.add_argument("--version", action="store_true", help="show versions and exit")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    parser.commands = commands.choices  # by name, for the errors each answers (_Parser)
     common = [_verbosity_options()]  # every subcommand takes -q and -v
 
     migrate = commands.add_parser("migrate", parents=common, help="copy SRC to DEST on this machine over "
@@ -219,7 +220,8 @@ def _add_qemu_option(p: argparse.ArgumentParser, flag: str, side: str) -> None:
 def _add_receiver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-dir", metavar="DIR",
                    help="folder for received device state (default DEST.devices)")
-    p.add_argument("--force", action="store_true", help="replace an existing DEST")
+    p.add_argument("--force", action="store_true", help="replace an existing DEST, or start "
+                   "over on an interrupted DEST.partial")
     if not any(a.dest == "json" for a in p._actions):
         p.add_argument("--json", action="store_true", help="print one JSON line at the end")
 

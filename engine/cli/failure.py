@@ -56,8 +56,9 @@ def resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
             or getattr(args, "qemu", None) is not None:
         return ""
     if args.command == "send":
-        return f"; to continue, run: {_again(argv, '--resume')} (the receiver keeps what arrived)"
-    from engine.storage.image import parse_location
+        return (f"; to continue, start the receiver on the same DEST again and run: "
+                f"{_again(argv, '--resume')}")
+    from engine.storage.image import parse_location  # numpy: only once there is a failure
     dest = parse_location(args.dest)
     if not dest.partial_path.exists() or not dest.journal_path.exists():
         return ""
