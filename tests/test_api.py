@@ -31,7 +31,8 @@ def test_every_exported_name_resolves_and_is_documented():
     undocumented = [name for name in engine.__all__ if name != "__version__"
                     and not (getattr(engine, name).__doc__ or "").strip()]
     assert undocumented == []
-    assert {"ClientKeys", "ServerKeys", "load_client_keys", "load_server_keys"} <= set(engine.__all__)
+    keys = {"ClientKeys", "ServerKeys", "load_client_keys", "load_server_keys"}
+    assert keys <= set(engine.__all__)
 
 
 def test_the_raising_calls_say_what_they_raise():

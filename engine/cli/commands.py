@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = commands.choices  # by name, for the errors each answers (_Parser)
     common = [_verbosity_options()]  # every subcommand takes -q and -v
 
-    migrate = commands.add_parser("migrate", parents=common, help="copy SRC to DEST on this machine over "
-                                  "loopback TCP (both ends)")
+    migrate = commands.add_parser("migrate", parents=common, help="copy SRC to DEST on this "
+                                  "machine over loopback TCP (both ends)")
     migrate.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     migrate.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     _add_sender_options(migrate)
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_live_options(send)
     _add_qemu_option(send, "--qemu", "source")
 
-    receive = commands.add_parser("receive", parents=common, help="wait for one transfer into DEST")
+    receive = commands.add_parser("receive", parents=common,
+                                  help="wait for one transfer into DEST")
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
@@ -109,19 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_option(receive, "--qemu", "destination")
     _add_receiver_options(receive)
 
-    keygen = commands.add_parser("keygen", parents=common, help="write a CURVE key pair: DIR/NAME.key "
-                                 "(public) and DIR/NAME.key_secret (owner-only)")
+    keygen = commands.add_parser("keygen", parents=common, help="write a CURVE key pair: "
+                                 "DIR/NAME.key (public) and DIR/NAME.key_secret (owner-only)")
     keygen.add_argument("dir", metavar="DIR", help="folder for the key files (created if needed)")
     keygen.add_argument("--name", default=socket.gethostname(), metavar="NAME",
                         help="file name without extension (default: this host's name)")
 
-    demo = commands.add_parser("demo", parents=common, help="build a sample (1 GiB image, two devices), "
-                               "migrate it with zstd over 2 channels, verify, clean up")
-    demo.add_argument("--size", default="1G", metavar="SIZE", help="image size, e.g. 256M or 1G (default 1G)")
+    demo = commands.add_parser("demo", parents=common, help="build a sample (1 GiB image, two "
+                               "devices), migrate it with zstd over 2 channels, verify, clean up")
+    demo.add_argument("--size", default="1G", metavar="SIZE",
+                      help="image size, e.g. 256M or 1G (default 1G)")
     demo.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
-    bench = commands.add_parser("bench", parents=common, help="load test: a matrix of transfers of sample "
-                                "images, measured against the wire and the work floor")
+    bench = commands.add_parser("bench", parents=common, help="load test: a matrix of transfers "
+                                "of sample images, measured against the wire and the work floor")
     from engine.tools.bench.options import add_arguments
     add_arguments(bench)
     return parser
