@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from engine.errors import AuthenticationFailed, PeerLost, UsageError
+from engine.log import warn
 
 _Z85_KEY = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -90,7 +90,7 @@ class _AllowList:
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.allowed:
             return True
-        print(f"multifd: {self.refusal}", file=sys.stderr, flush=True)
+        warn(self.refusal)
         return False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import UsageError
+from engine.units import parse_rate
 
 PAGE_SIZE = 4096
 
@@ -67,8 +68,11 @@ CONNECT_TIMEOUT_S = 30.0
 MIN_BANDWIDTH = 1 << 20
 
 
-def check_bandwidth(rate: int) -> int:
-    """`rate` (bytes per second) if it is a cap a transfer can live with."""
+def check_bandwidth(rate: int | str) -> int:
+    """`rate` in bytes per second if it is a cap a transfer can live with: a number, or text
+    as the command line takes it ("100M", "500mbit"; engine/units.py)."""
+    if isinstance(rate, str):
+        rate = parse_rate(rate)
     if not isinstance(rate, int) or isinstance(rate, bool) or rate < MIN_BANDWIDTH:
         raise UsageError(f"max bandwidth must be at least 1M (1 MiB/s, about 8.4mbit), not "
                          f"{rate!r} bytes per second")

@@ -1,4 +1,5 @@
-"""Sizes as people write them: 4096, 64K, 256M, 1G (powers of 1024)."""
+"""Sizes as people write them: 4096, 64K, 256M, 1G (powers of 1024), and as the engine shows
+them: binary units everywhere (KiB, MiB/s, GiB/s), like the sizes they are measured against."""
 from __future__ import annotations
 
 import re
@@ -35,3 +36,21 @@ def parse_rate(text: str) -> int:
     if rate <= 0:
         raise UsageError(f"rate {text!r} must be above zero")
     return rate
+
+
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def format_size(nbytes: float) -> str:
+    """`nbytes` in the largest binary unit that keeps it at 1 or more: "512.0 MiB"."""
+    value, unit = float(nbytes), _BINARY_UNITS[0]
+    for unit in _BINARY_UNITS:
+        if abs(value) < 1024 or unit == _BINARY_UNITS[-1]:
+            break
+        value /= 1024
+    return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """A rate in the same units: "179.2 MiB/s"."""
+    return f"{format_size(bytes_per_s)}/s"

@@ -156,8 +156,8 @@ def test_a_destination_folder_removed_while_the_receiver_waits_fails_in_one_line
     assert (sent, received) == (2, 2)
     for output in (err, rerr):
         last = output.strip().splitlines()[-1]
-        assert f"cannot create the destination {folder / 'd.img.partial'}" in last
-        assert "No such file or directory" in last and "Traceback" not in output
+        assert f"destination folder {folder} does not exist" in last
+        assert "Traceback" not in output
 
 
 def test_a_destination_in_proc_is_refused_before_listening():
@@ -188,6 +188,43 @@ def test_a_missing_device_file_is_refused_before_anything_is_created(source, tmp
     run = multifd("migrate", str(src), str(tmp_path / "dst"), "--device",
                   f"cpu={tmp_path / 'absent'}")
     assert_usage_error(run, "is not a readable file")
+    assert_nothing_created(tmp_path / "dst")
+
+
+API_MISSING_DEVICE = """
+import sys, engine
+try:
+    engine.migrate(sys.argv[1], sys.argv[2], devices={"cpu": b"...", "nic": sys.argv[3]})
+except engine.UsageError as exc:
+    print(exc)
+"""
+
+
+def test_a_missing_device_file_given_to_the_api_is_refused_before_anything_is_created(
+        source, tmp_path):
+    src, _ = source
+    run = subprocess.run([sys.executable, "-c", API_MISSING_DEVICE, str(src),
+                          str(tmp_path / "dst"), str(tmp_path / "absent")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout == f"device nic: {tmp_path / 'absent'} is not a readable file\n", \
+        run.stdout + run.stderr
+    assert_nothing_created(tmp_path / "dst")
+
+
+@pytest.mark.parametrize("command", ["migrate", "receive"])
+@pytest.mark.parametrize("folder, message", [
+    ("a-file", "the device folder {tmp}/a-file is not a folder"),
+    ("nowhere/devices", "cannot create the device folder {tmp}/nowhere/devices: {tmp}/nowhere "
+                        "is not a folder"),
+])
+def test_a_device_folder_that_cannot_be_made_is_refused_before_anything_is_created(
+        source, tmp_path, command, folder, message):
+    src, _ = source
+    (tmp_path / "a-file").write_bytes(b"")
+    where = ([str(src), str(tmp_path / "dst"), "--device", f"cpu={src}"] if command == "migrate"
+             else [str(tmp_path / "dst"), "--listen", "tcp://127.0.0.1:0"])
+    run = multifd(command, *where, "--device-dir", str(tmp_path / folder), timeout=30)
+    assert_usage_error(run, message.format(tmp=tmp_path))
     assert_nothing_created(tmp_path / "dst")
 
 

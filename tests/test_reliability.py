@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,6 +109,22 @@ def test_a_killed_worker_is_replaced_and_the_transfer_verifies(random_image, tmp
     assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)
 
 
+def test_verbose_shows_each_channel_s_events_and_the_replay_after_a_killed_worker(
+        random_image, tmp_path):
+    receiver, endpoint = start_receiver(tmp_path / "dst", "-v")
+    sender = start_sender(random_image, endpoint, *SLOW, "-v")
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    kill_worker(sender, "multifd-src0")
+    (sent, _, err), (received, _, rerr) = finish(sender, receiver)
+    assert sent == 0 and received == 0, err + rerr
+    events = err.splitlines()
+    assert "multifd: channel 1: source worker started" in " ".join(events)
+    assert [line for line in events if line.startswith("multifd: channel 0: connecting to ")
+            and ", replaying from packet " in line], err
+    assert "channel 1: destination worker listening on port" in rerr
+    assert "round 0: every channel reached the barrier; released" in rerr
+
+
 def test_a_channel_that_keeps_failing_fails_the_transfer_and_names_it(random_image, tmp_path):
     receiver, endpoint = start_receiver(tmp_path / "dst")
     sender = start_sender(random_image, endpoint, *SLOW)
@@ -173,6 +190,10 @@ def test_an_interrupt_stops_cleanly_and_leaves_no_final_destination(random_image
     print(f"\n{victim} stopped {time.monotonic() - started:.2f} s after the signal")
     assert target_code == code
     assert "stopped" in err and "Traceback" not in err
+    if victim == "sender":
+        assert err.strip().splitlines()[-1].endswith(
+            "to continue, start the receiver on the same DEST again and run: python -m engine "
+            f"send {random_image} --to {endpoint} --json {' '.join(SLOW)} --resume")
     other = sender if target is receiver else receiver
     assert finish(other, timeout=30)[0][0] == 1
     assert not (tmp_path / "dst").exists(), "an incomplete image got its final name"
@@ -245,6 +266,60 @@ def test_an_interrupted_transfer_resumes_with_only_what_is_missing(random_image,
     assert filecmp.cmp(random_image, tmp_path / "dst", shallow=False)
     assert (tmp_path / "nic").read_bytes() == device.read_bytes()
     assert not (tmp_path / "dst.journal").exists() and not (tmp_path / "dst.partial").exists()
+
+
+def test_an_interrupted_migrate_says_what_it_kept_and_resumes_only_on_request(random_image,
+                                                                             tmp_path):
+    dst = tmp_path / "dst"
+    typed = ["migrate", str(random_image), str(dst), *SLOW]
+    migrate = subprocess.Popen([sys.executable, "-m", "engine", *typed], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_progress(tmp_path / "dst.partial", 32 * MiB)
+    migrate.send_signal(signal.SIGINT)
+    code, _, err = finish(migrate, timeout=30)[0]
+    assert code == 130
+    hint = f"to continue, run: {shlex.join(['python', '-m', 'engine', *typed, '--resume'])}"
+    assert err.strip().splitlines()[-1] == (
+        f"multifd: interrupted; stopped; kept {tmp_path / 'dst.partial'} and dst.journal: {hint}")
+
+    kept = (tmp_path / "dst.partial").stat().st_blocks
+    again = subprocess.run([sys.executable, "-m", "engine", *typed], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2
+    assert again.stderr == (f"multifd: error: {tmp_path / 'dst.partial'} holds an interrupted "
+                            "transfer; add --resume to continue it, or --force to start over\n")
+    assert (tmp_path / "dst.partial").stat().st_blocks == kept, "the rerun touched the partial"
+
+    resumed = subprocess.run([sys.executable, *shlex.split(hint.split(": ", 1)[1])[1:],
+                              "--json"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = last_json(resumed.stdout)
+    moved = summary["bytes"] - summary["resumed_pages"] * 4096
+    assert summary["resumed_pages"] * 4096 >= 32 * MiB - 4 * MiB  # what was there, less in flight
+    assert summary["gib_per_s"] == pytest.approx(moved / (1 << 30) / summary["seconds"],
+                                                 rel=0.01, abs=0.002)
+    assert filecmp.cmp(random_image, dst, shallow=False)
+
+
+def test_a_sender_without_resume_is_refused_by_a_receiver_holding_a_partial(random_image,
+                                                                            tmp_path):
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(random_image, endpoint, *SLOW)
+    wait_for_progress(tmp_path / "dst.partial", 16 * MiB)
+    receiver.send_signal(signal.SIGINT)
+    (_, _, rerr), _ = finish(receiver, sender, timeout=30)
+    assert rerr.strip().splitlines()[-1].endswith(
+        f"kept {tmp_path / 'dst.partial'} and dst.journal: to continue, run: python -m engine "
+        f"receive {tmp_path / 'dst'} --listen tcp://127.0.0.1:0 --json and send with --resume")
+
+    receiver, endpoint = start_receiver(tmp_path / "dst")
+    sender = start_sender(random_image, endpoint)
+    (sent, out, err), (received, _, rerr) = finish(sender, receiver, timeout=60)
+    refusal = (f"{tmp_path / 'dst.partial'} holds an interrupted transfer; send with --resume "
+               "to continue it, or start this receiver with --force to start over")
+    assert (sent, received) == (2, 2)
+    assert rerr.strip().splitlines()[-1] == f"multifd: error: {refusal}"
+    assert last_json(out)["error"] == f"receiver refused the transfer: {refusal}"
 
 
 def test_resume_without_an_earlier_transfer_fails_clearly(image, tmp_path):

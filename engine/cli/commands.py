@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from engine import __version__
+from engine import __version__, log
+from engine.cli.failure import Failure
 from engine.coordinator import forkserver
 from engine.wire.endpoint import parse_endpoint
-from engine.errors import EngineError, Interrupted, UsageError
+from engine.errors import Interrupted, UsageError
 from engine.security import (ClientKeys, ServerKeys, load_client_keys, load_server_keys,
                              write_key_pair)
 from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_SIZE, DEFAULT_DOWNTIME_LIMIT_MS,
@@ -25,14 +27,38 @@ from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_
 if TYPE_CHECKING:
     from engine.live.rounds import RoundReport
     from engine.coordinator.result import LiveResult, VmResult
-from engine.units import parse_rate, parse_size
+from engine.units import parse_size
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit code 2 like every other error."""
+    """argparse, but a usage mistake is one line and exit code 2 like every other error, and
+    an unknown option is answered by the subcommand it was given to, with the closest one."""
+
+    commands: dict[str, "_Parser"] = {}  # the subcommands' parsers, set on the top one
 
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            self.commands.get(command, self).refuse(extras)
+        return parsed
+
+    def refuse(self, extras: list[str]) -> None:
+        """The error for arguments this parser does not take: for a mistyped option, the
+        option it probably meant."""
+        given = extras[0].split("=", 1)[0]
+        if given.startswith("--"):
+            options = [o for a in self._actions for o in a.option_strings
+                       if o.startswith("--") and o != "--help"]
+            close = difflib.get_close_matches(given, options, n=1, cutoff=0.8)
+            if close:
+                self.error(f"unknown option {given}; did you mean {close[0]}?")
+            self.error(f"unknown option {given}")
+        self.error(f"unrecognized arguments: {' '.join(extras)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "parallel ZeroMQ channels, verified end to end.")
     parser.add_argument("--version", action="store_true", help="show versions and exit")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    parser.commands = commands.choices  # by name, for the errors each answers (_Parser)
+    common = [_verbosity_options()]  # every subcommand takes -q and -v
 
-    migrate = commands.add_parser("migrate", help="copy SRC to DEST on this machine over "
-                                  "loopback TCP (both ends)")
+    migrate = commands.add_parser("migrate", parents=common, help="copy SRC to DEST on this "
+                                  "machine over loopback TCP (both ends)")
     migrate.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     migrate.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     _add_sender_options(migrate)
@@ -53,27 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_option(migrate, "--qemu", "source")
     _add_qemu_option(migrate, "--dest-qemu", "destination")
 
-    send = commands.add_parser("send", help="send SRC to a waiting receiver")
+    send = commands.add_parser("send", parents=common, help="send SRC to a waiting receiver")
     send.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
     send.add_argument("--to", required=True, metavar="tcp://HOST:PORT",
                       help="the receiver's --listen endpoint")
-    send.add_argument("--server-key", metavar="FILE",
+    send.add_argument("--server-key", metavar="PUBLIC",
                       help="the receiver's public key (NAME.key); encrypts every channel")
-    send.add_argument("--key", metavar="FILE",
+    send.add_argument("--key", metavar="SECRET",
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
-    send.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S,
-                      metavar="SECONDS", help="how long to wait for the receiver to answer "
-                      f"(default {CONNECT_TIMEOUT_S:.0f})")
     _add_sender_options(send)
     _add_live_options(send)
     _add_qemu_option(send, "--qemu", "source")
 
-    receive = commands.add_parser("receive", help="wait for one transfer into DEST")
+    receive = commands.add_parser("receive", parents=common,
+                                  help="wait for one transfer into DEST")
     receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
-    receive.add_argument("--key", metavar="FILE",
+    receive.add_argument("--key", metavar="SECRET",
                          help="our secret key (NAME.key_secret); encrypts every channel")
     receive.add_argument("--allow", metavar="DIR",
                          help="folder of the public keys (*.key) of senders let in")
@@ -84,29 +110,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qemu_option(receive, "--qemu", "destination")
     _add_receiver_options(receive)
 
-    keygen = commands.add_parser("keygen", help="write a CURVE key pair: DIR/NAME.key "
-                                 "(public) and DIR/NAME.key_secret (owner-only)")
+    keygen = commands.add_parser("keygen", parents=common, help="write a CURVE key pair: "
+                                 "DIR/NAME.key (public) and DIR/NAME.key_secret (owner-only)")
     keygen.add_argument("dir", metavar="DIR", help="folder for the key files (created if needed)")
-    keygen.add_argument("--name", default=socket.gethostname(),
+    keygen.add_argument("--name", default=socket.gethostname(), metavar="NAME",
                         help="file name without extension (default: this host's name)")
 
-    demo = commands.add_parser("demo", help="build a sample (1 GiB image, two devices), "
-                               "migrate it with zstd over 2 channels, verify, clean up")
-    demo.add_argument("--size", default="1G", help="image size, e.g. 256M or 1G (default 1G)")
+    demo = commands.add_parser("demo", parents=common, help="build a sample (1 GiB image, two "
+                               "devices), migrate it with zstd over 2 channels, verify, clean up")
+    demo.add_argument("--size", default="1G", metavar="SIZE",
+                      help="image size, e.g. 256M or 1G (default 1G)")
     demo.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
-    bench = commands.add_parser("bench", help="load test: a matrix of transfers of sample "
-                                "images, measured against the wire and the work floor")
+    bench = commands.add_parser("bench", parents=common, help="load test: a matrix of transfers "
+                                "of sample images, measured against the wire and the work floor")
     from engine.tools.bench.options import add_arguments
     add_arguments(bench)
     return parser
+
+
+def _verbosity_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=log.QUIET,
+                       default=log.NORMAL, help="errors only (and --json's line)")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const",
+                       const=log.VERBOSE, help="also each channel's events: workers, "
+                       "connections, reconnects, replays, rounds")
+    return options
 
 
 def _add_sender_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted transfer: send only what DEST.partial lacks "
                    "(its DEST.journal says what that is)")
-    p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS,
+    p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS, metavar="N",
                    help=f"parallel channels (default {DEFAULT_CHANNELS})")
     p.add_argument("--compress", default="none", metavar="CODEC",
                    help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL], or auto (per packet, "
@@ -115,25 +153,24 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    help="codec for device state (default none: passthrough)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=PATH",
                    help="device state to send from a file (repeatable)")
-    p.add_argument("--packet-pages", type=int, default=DEFAULT_PACKET_PAGES,
+    p.add_argument("--packet-pages", type=int, default=DEFAULT_PACKET_PAGES, metavar="N",
                    help=f"pages per RAM packet (default {DEFAULT_PACKET_PAGES})")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="N",
                    help=f"unacknowledged packets per channel (default {DEFAULT_WINDOW})")
     p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
                    help=f"device chunk size, from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE >> 20}M "
                    f"(default {DEFAULT_CHUNK_SIZE >> 20}M)")
-    p.add_argument("--max-bandwidth", type=_bandwidth, metavar="RATE",
+    p.add_argument("--max-bandwidth", type=check_bandwidth, metavar="RATE",
                    help="cap on the wire, all channels together: 1gbit, 500mbit, or bytes "
                         "per second like 100M; at least 1M (default: no cap)")
+    p.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help="how long to wait for the receiver to answer, in seconds "
+                   f"(default {CONNECT_TIMEOUT_S:.0f})")
     p.add_argument("--verify", choices=VERIFY_MODES, default="fold",
                    help="fold: both ends hash every page as it passes and compare at the end "
                    "(nothing is read again); reread: also read both images back from storage "
                    "and compare those (default fold)")
     p.add_argument("--json", action="store_true", help="print one JSON line at the end")
-
-
-def _bandwidth(text: str) -> int:
-    return check_bandwidth(parse_rate(text))
 
 
 def _seconds(text: str) -> float:
@@ -185,7 +222,8 @@ def _add_qemu_option(p: argparse.ArgumentParser, flag: str, side: str) -> None:
 def _add_receiver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-dir", metavar="DIR",
                    help="folder for received device state (default DEST.devices)")
-    p.add_argument("--force", action="store_true", help="replace an existing DEST")
+    p.add_argument("--force", action="store_true", help="replace an existing DEST, or start "
+                   "over on an interrupted DEST.partial")
     if not any(a.dest == "json" for a in p._actions):
         p.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
@@ -277,8 +315,8 @@ def run(args: argparse.Namespace) -> int:
         return run_demo(args.size, args.json)
     if args.command == "keygen":
         public, secret = write_key_pair(args.dir, args.name)
-        print(f"multifd: wrote {public} (public: give it to the other side) and {secret} "
-              "(secret: keep it on this host)", file=sys.stderr)
+        log.notice(f"wrote {public} (public: give it to the other side) and {secret} (secret: "
+                   "keep it on this host)")
         return 0
     if args.command == "bench":
         from engine.tools.bench.command import run as run_bench
@@ -288,8 +326,7 @@ def run(args: argparse.Namespace) -> int:
         with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
                       keys=keys, data_ports=args.data_ports, qemu=args.qemu) as receiver:
             note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
-            print(f"multifd: listening on {receiver.endpoint}{note}", file=sys.stderr,
-                  flush=True)
+            log.notice(f"listening on {receiver.endpoint}{note}")
             result = receiver.run()
     elif args.qemu is not None or getattr(args, "dest_qemu", None) is not None:
         result = run_vm_command(args, live_from(args))
@@ -309,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
                 result = migrate(args.src, args.dest, settings, devices=devices,
                                  device_dir=args.device_dir, force=args.force, progress=tick,
                                  curve=args.curve, resume=args.resume,
-                                 max_bandwidth=args.max_bandwidth)
+                                 max_bandwidth=args.max_bandwidth,
+                                 connect_timeout=args.connect_timeout)
             else:
                 say_connecting(args.to)
                 with Sender(args.src, args.to, settings, progress=tick, keys=keys,
@@ -321,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
                     result = sender.finish()
     if args.json:
         print(json_line(result), flush=True)
-    else:
+    elif log.verbosity() > log.QUIET:
         print_summary(result)
     return 0
 
@@ -336,11 +374,12 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
     devices = devices_from(args.device)
     source = (ProcessPause(args.pause_pid) if args.pause_pid is not None
               else CommandPause(args.pause_cmd, args.resume_cmd))
-    on_round = _print_round if sys.stderr.isatty() else None
+    on_round = _round_printer()
     if args.command == "migrate":
         return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
                             resume=source.resume, devices=devices, device_dir=args.device_dir,
-                            force=args.force, on_round=on_round)
+                            force=args.force, on_round=on_round,
+                            connect_timeout=args.connect_timeout)
     say_connecting(args.to)
     with Sender(args.src, args.to, settings, keys=sender_keys(args),
                 connect_timeout=args.connect_timeout) as sender:
@@ -362,7 +401,7 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
         raise UsageError("--resume does not apply to --qemu: migrate the running VM again")
     settings = settings_from(args)
     devices = devices_from(args.device)
-    on_round = _print_round if sys.stderr.isatty() else None
+    on_round = _round_printer()
     if args.command == "migrate":
         check_inputs(args.src, args.dest, devices, args.device_dir, args.force,
                      in_place=args.dest_qemu is not None)
@@ -373,7 +412,8 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
         if args.command == "migrate":
             return run_locally(args.src, args.dest, transfer, settings, args.device_dir,
                                args.force, curve=args.curve,
-                               max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu)
+                               max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu,
+                               connect_timeout=args.connect_timeout)
         say_connecting(args.to)
         with Sender(args.src, args.to, settings, keys=sender_keys(args),
                     max_bandwidth=args.max_bandwidth,
@@ -384,11 +424,15 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
 def say_connecting(to: str) -> None:
     """Tell the user whom a sender waits for (a malformed endpoint fails first, alone)."""
     parse_endpoint(to)
-    print(f"multifd: connecting to {to}", file=sys.stderr, flush=True)
+    log.notice(f"connecting to {to}")
 
 
-def _print_round(report: "RoundReport") -> None:
-    print(f"multifd: {report}", file=sys.stderr, flush=True)
+def _round_printer() -> Callable[["RoundReport"], None] | None:
+    """One line per live round: on a terminal, or anywhere with -v."""
+    level = log.verbosity()
+    if level == log.VERBOSE or (level == log.NORMAL and sys.stderr.isatty()):
+        return lambda report: log.notice(str(report))
+    return None
 
 
 def print_versions() -> None:
@@ -408,29 +452,25 @@ def print_versions() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.version:
             print_versions()
             return 0
+        log.set_verbosity(getattr(args, "verbosity", log.NORMAL))
         if args.command is None:
             raise UsageError("a command is needed: migrate, send, receive, keygen, demo or bench "
                              "(see 'multifd --help')")
         return run(args)
-    except Interrupted as exc:
-        print(f"multifd: {exc}; stopped", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("multifd: interrupted; stopped", file=sys.stderr)
-        return 130
-    except EngineError as exc:
-        print(f"multifd: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # one the engine did not foresee: still one line, naming the file
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"multifd: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        failure = Failure.of(exc)
+        if failure is None:
+            raise
+        failure.report(args, argv)
+        return failure.exit_code
     finally:
         forkserver.stop()  # a command that returned leaves no process of its own behind
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import filecmp
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from engine import log
 from engine.coordinator.local import migrate
 from engine.cli.progress import progress_bar
 from engine.cli.summary import json_line, print_summary
@@ -28,8 +28,9 @@ def run_demo(size_text: str, as_json: bool) -> int:
     folder = Path(tempfile.mkdtemp(prefix="multifd-demo-", dir=shm if room > 3 * size else None))
     try:
         src, dst = folder / "guest.ram", folder / "copy.ram"
-        say = (lambda text: None) if as_json else (lambda text: print(text, file=sys.stderr))
-        say(f"building a {size >> 20} MiB sample image and two device blobs in {folder}")
+        if not as_json:
+            log.notice(f"building a {size >> 20} MiB sample image and two device blobs in "
+                       f"{folder}")
         write_sample(src, size, kind="mixed", seed=2024)
         devices = {"cpu": sample_bytes(256 << 10, kind="binary", seed=1),
                    "virtio-net": sample_bytes(5 << 20, kind="mixed", seed=2)}
@@ -41,7 +42,7 @@ def run_demo(size_text: str, as_json: bool) -> int:
             for name, data in devices.items())
         if as_json:
             print(json_line(result))
-        else:
+        elif log.verbosity() > log.QUIET:
             print_summary(result, title="demo: transfer verified")
             print("independent byte-for-byte comparison: " + ("identical" if same else "DIFFERENT"))
         return 0 if same else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from engine.coordinator.result import LiveResult, TransferResult, VmResult
+from engine.units import format_rate, format_size
 
 
 def json_line(result: TransferResult | LiveResult | VmResult) -> str:
@@ -23,21 +24,23 @@ def print_summary(result: TransferResult | LiveResult | VmResult,
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    mib = 1 << 20
     ratio = result.wire_bytes / result.bytes if result.bytes else 0.0
     rows = [
-        ("image", f"{result.bytes / mib:,.1f} MiB"),
+        ("image", format_size(result.bytes)),
         ("time", f"{result.seconds:.3f} s"),
-        ("rate", f"{result.gib_per_s:.2f} GiB/s"),
-        ("on the wire", f"{result.wire_bytes / mib:,.1f} MiB ({ratio:.2f} of the image)"),
+        ("rate", f"{format_rate(result.image_rate)} image, "
+                 f"{format_rate(result.wire_rate)} on the wire"),
+        ("on the wire", f"{format_size(result.wire_bytes)} ({ratio:.2f} of the image)"),
         ("pages", f"{result.normal_pages:,} sent, {result.zero_pages:,} zero"),
         ("channels", str(result.channels)),
         ("compression", result.compress),
         ("rounds", str(result.rounds)),
         ("digest", result.digest),
     ]
+    if result.resumed_pages:
+        rows.append(("resumed", f"{result.resumed_pages:,} pages were already there"))
     rows += [(f"device {name}", f"{size:,} bytes") for name, size in result.devices.items()]
-    rows += [(f"channel {i}", f"{c.bytes / mib:,.1f} MiB, {c.packets} packets, "
+    rows += [(f"channel {i}", f"{format_size(c.bytes)}, {c.packets} packets, "
                               f"busy {c.busy_s:.2f} s")
              for i, c in enumerate(result.per_channel)]
     if live is not None:
@@ -52,13 +55,12 @@ def print_summary(result: TransferResult | LiveResult | VmResult,
 
 
 def _live_rows(live: LiveResult) -> list[tuple[str, str]]:
-    mib = 1 << 20
     parts = ", ".join(f"{name} {ms:.0f}" for name, ms in live.downtime_parts_ms.items())
     return [
         ("dirty tracking", live.dirty),
         ("pages per round", " ".join(f"{p:,}" for p in live.pages_per_round)),
-        ("round rate", f"{live.rate / mib:,.0f} MiB/s (the last round before the stop)"),
-        ("dirty rate", f"{live.dirty_rate / mib:,.0f} MiB/s"),
+        ("round rate", f"{format_rate(live.rate)} (the last round before the stop)"),
+        ("dirty rate", format_rate(live.dirty_rate)),
         ("converged", "yes" if live.converged else "no: switched over anyway"),
         ("downtime", f"{live.downtime_ms:.0f} ms (limit {live.downtime_limit_ms} ms, expected "
                      f"{live.expected_downtime_ms:.0f} ms; {parts})"),

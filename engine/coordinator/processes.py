@@ -8,7 +8,6 @@ Stopping is always bounded, so no process outlives the coordinator.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -24,15 +23,13 @@ from workers.codecs import make_codec, session_codecs
 from workers.handlers import HANDLERS
 from engine.errors import PeerLost, TransferError, error_named
 from engine.wire.framing import decode, encode
-from engine.wire.jobs import Failure, Stop
+from engine.wire.jobs import Connect, Failure, Stop
 from workers.config import WorkerConfig
-from engine.log import warn
+from engine.log import detail, warn
 from engine.settings import MAX_CHANNEL_FAILURES
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 2.0
-
-_context = multiprocessing.get_context("forkserver")
 
 
 def handler_names() -> list[str]:
@@ -113,11 +110,14 @@ class WorkerGroup:
         socket.bind(endpoint)
         self.sockets[channel] = socket
         self._poller = None
-        process = _context.Process(target=worker_main.run_worker,
-                                   args=(replace(config, channel=channel, control=endpoint),),
-                                   name=f"multifd-{config.side}-{channel}", daemon=True)
+        process = forkserver.WorkerProcess(target=worker_main.run_worker,
+                                           args=(replace(config, channel=channel,
+                                                         control=endpoint),),
+                                           name=f"multifd-{config.side}-{channel}",
+                                           daemon=True)
         process.start()
         self.processes[channel] = process
+        detail(f"channel {channel}: {config.side} worker started (pid {process.pid})")
 
     def replace(self, channel: int, **changes: Any) -> None:
         """Kill channel's worker (if still alive) and start a new one with `changes`."""
@@ -136,6 +136,9 @@ class WorkerGroup:
 
     def send(self, channel: int, msg: Any) -> None:
         """Never blocks: a worker that cannot take a message has died (its PAIR has no peer)."""
+        if isinstance(msg, Connect):  # every source worker's connection, first or again
+            again = f", replaying from packet {msg.first_seq}" if msg.first_seq else ""
+            detail(f"channel {channel}: connecting to {msg.endpoint}{again}")
         try:
             self.sockets[channel].send(encode(msg), zmq.NOBLOCK)
         except zmq.Again:

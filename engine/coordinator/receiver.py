@@ -32,9 +32,11 @@ from engine.errors import (DestinationRefused, EngineError, PeerLost, ProtocolEr
                            TransferError, UsageError, VerificationFailed, peer_error)
 from engine.wire.framing import decode
 from engine.storage.aliases import destination_writes, refuse_aliases
-from engine.storage.image import check_destination, check_free_space, create_partial, parse_location
+from engine.storage.device_files import check_device_folder
+from engine.storage.image import (check_destination, check_free_space, check_not_interrupted,
+                                  create_partial, parse_location)
 from engine.storage.journal import Journal
-from engine.log import warn
+from engine.log import detail, warn
 from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
                                           handler_names)
 from engine.qemu.migration import QEMU_DEVICE, QemuSink, open_destination
@@ -78,6 +80,8 @@ class Receiver:
         self.force = force
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
+        if self._device_folder() is not None:
+            check_device_folder(self._device_folder())
         endpoint = parse_endpoint(listen, allow_any_port=True)
         check_data_ports(data_ports, endpoint.port)
         self.keys = keys
@@ -100,6 +104,7 @@ class Receiver:
         self._owned_device_dir: Path | None = None
         self._qemu_sink: QemuSink | None = None
         self.vm_state = ""  # the destination QEMU's run state once the transfer verified
+        self.resumed_pages = 0  # pages a resumed transfer found here already
 
     def __enter__(self) -> "Receiver":
         return self
@@ -196,10 +201,19 @@ class Receiver:
         started = time.perf_counter()
         settings = hello.settings()  # checked by _wait_for_hello
         size = hello.image_size
+        detail(f"a sender connected: {size:,} bytes over {settings.channels} channels, "
+               f"compress {settings.compress}{', resuming' if hello.resume else ''}")
         # Nothing exists yet: refuse to write the source, or a place too small, first.
         sources = {"the sender's source image": hello.source_id()}
         refuse_aliases(sources, destination_writes(self.location, self._device_folder()))
         in_place = self.vm is not None
+        if not in_place:  # again: the destination may have changed while we waited
+            check_destination(self.location, self.force)
+            check_not_interrupted(self.location, hello.resume, self.force,
+                                  "send with --resume to continue it, or start this receiver "
+                                  "with --force to start over")
+        if self._device_folder() is not None:
+            check_device_folder(self._device_folder())
         if in_place and size != self.vm.backend.size:
             raise DestinationRefused(f"the sender's image has {size} bytes, the destination "
                                      f"QEMU's RAM {self.vm.backend.size}")
@@ -213,6 +227,7 @@ class Receiver:
                     or partial.stat().st_size != size:
                 raise ProtocolError(self._nothing_to_resume(size))
             journal = Journal.resume(journal_path, size, settings.chunk_size)
+            self.resumed_pages = journal.pages - len(journal.missing_pages())
         else:
             partial = self.location.path if in_place else create_partial(self.location, size)
             if not in_place:
@@ -251,6 +266,8 @@ class Receiver:
         self._workers = workers = WorkerGroup(self._zmq, template, settings.channels)
         ports = [int(bound.endpoint.rsplit(":", 1)[1])
                  for _, bound in sorted(workers.gather(jobs.Bound).items())]
+        for channel, port in enumerate(ports):
+            detail(f"channel {channel}: destination worker listening on port {port}")
         link.send(replace(welcome, ports=ports))
         transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify)
         complete, image_digest = transfer.run()
@@ -271,7 +288,7 @@ class Receiver:
         return transfer_result(
             transfer.final.counters, ok=True, bytes=size, seconds=time.perf_counter() - started,
             settings=settings, rounds=complete.rounds, digest=image_digest,
-            devices=assembler.sizes())
+            devices=assembler.sizes(), resumed_pages=self.resumed_pages)
 
     def _nothing_to_resume(self, size: int) -> str:
         if self.on_device is not None:
@@ -356,6 +373,7 @@ class _Transfer:
     def on_worker(self, channel: int, msg: Any) -> None:
         if isinstance(msg, jobs.Reached):
             if self.barrier.arrive(channel, msg.round):
+                detail(f"round {msg.round}: every channel reached the barrier; released")
                 self.workers.broadcast(jobs.Release(round=msg.round))
                 self.link.released = self.barrier.round
                 self.link.send(Synced(round=msg.round))

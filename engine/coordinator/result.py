@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from engine.settings import TransferSettings
+from engine.settings import PAGE_SIZE, TransferSettings
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,14 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class TransferResult:
+    """What one verified transfer did, as `--json` prints it (README, "Command line").
+
+    `bytes` is the image's size, `wire_bytes` what its channels carried (after zero pages
+    and compression), `seconds` from connecting to the verdict. `resumed_pages`: pages a
+    resumed transfer found already at the destination and did not send; the rates count
+    only what this transfer moved.
+    """
+
     ok: bool
     bytes: int
     seconds: float
@@ -28,14 +36,35 @@ class TransferResult:
     digest: str
     devices: dict[str, int] = field(default_factory=dict)
     per_channel: list[ChannelStats] = field(default_factory=list)
+    resumed_pages: int = 0
+
+    @property
+    def moved_bytes(self) -> int:
+        """The part of the image this transfer covered (all of it unless resumed)."""
+        return max(0, self.bytes - self.resumed_pages * PAGE_SIZE)
+
+    @property
+    def image_rate(self) -> float:
+        """Bytes per second of the image this transfer covered, zero pages included."""
+        return self.moved_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def wire_rate(self) -> float:
+        """Bytes per second the channels carried (no zero pages, after compression)."""
+        return self.wire_bytes / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def gib_per_s(self) -> float:
-        return self.bytes / (1 << 30) / self.seconds if self.seconds > 0 else 0.0
+        return self.image_rate / (1 << 30)
+
+    @property
+    def wire_gib_per_s(self) -> float:
+        return self.wire_rate / (1 << 30)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["gib_per_s"] = round(self.gib_per_s, 3)
+        out["wire_gib_per_s"] = round(self.wire_gib_per_s, 3)
         out["seconds"] = round(self.seconds, 4)
         for channel in out["per_channel"]:
             channel["busy_s"] = round(channel["busy_s"], 4)

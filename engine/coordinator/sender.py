@@ -60,6 +60,14 @@ class Sender:
     With `keys`, the control and every data channel are encrypted and authenticated (CURVE).
     Thread safety: every send_* method and sync() may be called from any thread; sync() and
     finish() wait for the destination, so call each from one thread at a time.
+
+    Raises, all `engine.EngineError`s: UsageError from the constructor and the send_*
+    methods for bad arguments (an unreadable source or device file, pages outside the
+    image); from start(): PeerLost when no receiver answers within `connect_timeout`,
+    AuthenticationFailed when keys do not match, DestinationRefused when the receiver
+    refuses the destination (it exists, is full, holds an interrupted copy: pass `resume`);
+    from any later call: the TransferError that ended the transfer (the first one, on every
+    thread), VerificationFailed from finish() when the destination differs from the source.
     """
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
@@ -78,6 +86,7 @@ class Sender:
         self.resume = resume
         self._missing: np.ndarray | None = None
         self._chunks_present: dict[str, list[int]] = {}
+        self.resumed_pages = 0  # pages the receiver had already: not sent, not in the rates
         self.image_size = source_size(self.location)
         self.endpoint = to
         self.settings = settings
@@ -270,7 +279,8 @@ class Sender:
             counters, ok=verdict.ok, bytes=self.image_size,
             seconds=time.perf_counter() - self._started, settings=self.settings,
             rounds=self.rounds, digest=image_digest,
-            devices={key: size for key, (_, size, _) in self._devices.items()})
+            devices={key: size for key, (_, size, _) in self._devices.items()},
+            resumed_pages=self.resumed_pages)
 
     @property
     def rounds(self) -> int:
@@ -307,6 +317,7 @@ class Sender:
             raise ProtocolError("receiver's list of missing pages has the wrong length")
         self._missing = np.unpackbits(np.frombuffer(bits, np.uint8), count=self.pages) \
             .astype(bool)
+        self.resumed_pages = self.pages - int(self._missing.sum())
         self._chunks_present = welcome.chunks or {}
 
     def _fold_present(self) -> None:

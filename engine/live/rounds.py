@@ -35,7 +35,7 @@ from engine.live.dirty import DirtyTracker, HashTracker, make_tracker
 from engine.errors import NotConverged
 from engine.coordinator.local import check_inputs, run_locally
 from engine.coordinator.result import LiveResult, TransferResult
-from engine.settings import PAGE_SIZE, LiveSettings, TransferSettings
+from engine.settings import CONNECT_TIMEOUT_S, PAGE_SIZE, LiveSettings, TransferSettings
 from engine.coordinator.sender import Sender
 
 Devices = Mapping[str, bytes | str | os.PathLike]
@@ -71,13 +71,14 @@ def migrate_live(source: str, destination: str, settings: TransferSettings = Tra
                  resume: Callable[[], None] | None = None,
                  devices: Devices | Callable[[], Devices] | None = None,
                  device_dir: str | os.PathLike | None = None, force: bool = False,
-                 on_round: Callable[[RoundReport], None] | None = None) -> LiveResult:
+                 on_round: Callable[[RoundReport], None] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT_S) -> LiveResult:
     """Migrate a running source to `destination` on this machine (see run_live)."""
     check_inputs(source, destination, None if callable(devices) else devices, device_dir, force)
     return run_locally(source, destination,
                        lambda sender: run_live(sender, live, pause=pause, resume=resume,
                                                devices=devices, on_round=on_round),
-                       settings, device_dir, force)
+                       settings, device_dir, force, connect_timeout=connect_timeout)
 
 
 def run_live(sender: Sender, live: LiveSettings = LiveSettings(), *,

@@ -6,10 +6,11 @@ transfer will write are known before it starts (engine/storage/aliases.py).
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-from engine.errors import UsageError
+from engine.errors import DestinationRefused, UsageError
 
 MAX_DEVICE_BYTES = 64 << 30
 MAX_INSTANCE = 65535
@@ -38,3 +39,21 @@ def device_key(name: str, instance: int) -> str:
 
 def staging_path(device_dir: Path, key: str) -> Path:
     return device_dir / f".{key}.partial"
+
+
+def check_device_folder(folder: Path) -> None:
+    """DestinationRefused unless device files can go into `folder`: a writable folder, or
+    one that can be created. Checked before the destination creates anything, so that a bad
+    --device-dir leaves no DEST.partial behind."""
+    if folder.exists():
+        if not folder.is_dir():
+            raise DestinationRefused(f"the device folder {folder} is not a folder")
+        where = folder
+    else:
+        where = folder.parent
+        if not where.is_dir():
+            raise DestinationRefused(f"cannot create the device folder {folder}: {where} is "
+                                     "not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise DestinationRefused(f"cannot write device files into {folder}: {where} is not "
+                                 "writable")

@@ -111,20 +111,29 @@ def check_destination(location: Location, force: bool, size: int | None = None) 
     (naming the size mismatch, when the source's `size` is known)."""
     parent = location.path.parent
     if not parent.is_dir():
-        raise UsageError(f"destination folder {parent} does not exist")
+        raise DestinationRefused(f"destination folder {parent} does not exist")
     try:  # a real try, for what access() does not know (root in /proc, read-only mounts)
         tempfile.TemporaryFile(dir=parent).close()
     except OSError as exc:
-        raise UsageError(f"cannot create files in destination folder {parent}: "
-                         f"{exc.strerror}") from None
+        raise DestinationRefused(f"cannot create files in destination folder {parent}: "
+                                 f"{exc.strerror}") from None
     if location.path.is_dir():
-        raise UsageError(f"destination {location.text} is a directory")
+        raise DestinationRefused(f"destination {location.text} is a directory")
     if location.path.exists() and not force:
         existing = location.path.stat().st_size
         if size is not None and existing != size:
-            raise UsageError(f"destination {location.text} exists with {existing} bytes, the "
-                             f"source has {size}; pass --force to replace it")
-        raise UsageError(f"destination {location.text} exists; pass --force to replace it")
+            raise DestinationRefused(f"destination {location.text} exists with {existing} "
+                                     f"bytes, the source has {size}; pass --force to replace it")
+        raise DestinationRefused(f"destination {location.text} exists; pass --force to "
+                                 "replace it")
+
+
+def check_not_interrupted(location: Location, resume: bool, force: bool, advice: str) -> None:
+    """Refuse to start over on an interrupted copy's NAME.partial without being told: it
+    may hold most of a long transfer. `advice` says how to continue it or start over."""
+    if resume or force or not location.partial_path.exists():
+        return
+    raise DestinationRefused(f"{location.partial_path} holds an interrupted transfer; {advice}")
 
 
 def create_partial(location: Location, size: int) -> Path:

@@ -21,17 +21,22 @@ AUTO_CHOICES = ("none", "zstd:1", "zstd:3")
 def session_codecs(spec: str) -> dict[str, Codec]:
     """The codecs a session with this --compress value may use, by the spec packets name
     them with: one for a fixed choice, AUTO_CHOICES (fastest first) for "auto"."""
-    codecs = [make_codec(choice) for choice in (AUTO_CHOICES if spec == AUTO else (spec,))]
+    if spec == AUTO:
+        codecs = [make_codec(choice) for choice in AUTO_CHOICES]
+    else:
+        codecs = [make_codec(spec, also_known=(AUTO,))]
     return {codec.spec: codec for codec in codecs}
 
 
-def make_codec(spec: str) -> Codec:
-    """Build a codec from "NAME" or "NAME:LEVEL"; UsageError with a clear message if bad."""
+def make_codec(spec: str, also_known: tuple[str, ...] = ()) -> Codec:
+    """Build a codec from "NAME" or "NAME:LEVEL"; UsageError with a clear message if bad
+    (an unknown name lists the known ones, with `also_known`: what the caller takes too)."""
     name, colon, level_text = spec.partition(":")
     try:
         cls = CODECS.load(name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError:
+        known = ", ".join([*CODECS.names(), *also_known])
+        raise UsageError(f"unknown codec {name!r}; known: {known}") from None
     if colon and not level_text:
         raise UsageError(f"codec {spec!r} has an empty level: write {name} or {name}:LEVEL")
     level = None
