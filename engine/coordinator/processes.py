@@ -94,6 +94,7 @@ class WorkerGroup:
         self.processes: list[Any] = [None] * channels
         self.starts = 0  # how many workers were started: names each IPC endpoint uniquely
         self._poller: zmq.Poller | None = None  # over `sockets`; rebuilt when one is replaced
+        self._replaced: set[int] = set()  # channels whose new worker has not connected yet
         forkserver.start()
         try:
             for channel in range(channels):
@@ -124,6 +125,7 @@ class WorkerGroup:
         self._end(self.processes[channel])
         self.sockets[channel].close(linger=0)
         self._start(channel, replace(self.template, **changes))
+        self._replaced.add(channel)
 
     def poller(self, *others: Any) -> zmq.Poller:
         """A poller over `others` (sockets or file descriptors, always the same ones) and the
@@ -137,7 +139,9 @@ class WorkerGroup:
     def send(self, channel: int, msg: Any) -> None:
         """Never blocks: a worker that cannot take a message has died (its PAIR has no peer)."""
         if isinstance(msg, Connect):  # every source worker's connection, first or again
-            again = f", replaying from packet {msg.first_seq}" if msg.first_seq else ""
+            again = f", replaying from packet {msg.first_seq}" \
+                if channel in self._replaced else ""
+            self._replaced.discard(channel)
             detail(f"channel {channel}: connecting to {msg.endpoint}{again}")
         try:
             self.sockets[channel].send(encode(msg), zmq.NOBLOCK)
