@@ -130,6 +130,33 @@ def test_scanning_the_image_copies_no_page_into_anonymous_memory(tmp_path):
     assert _anonymous_bytes() - before < 8 << 20
 
 
+def test_scanning_a_sparse_image_leaves_its_holes_unallocated_and_sees_writes_into_them(
+        tmp_path):
+    size = 64 << 20
+    path = tmp_path / "ram"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(100 * PAGE_SIZE)
+        f.write(b"guest")
+    handler = RamHandler(HandlerContext(settings=TransferSettings(), image_size=size,
+                                        image=map_file(path, writable=False),
+                                        image_path=str(path)))
+    spec = {"start": 0, "count": size // PAGE_SIZE}
+
+    def changed() -> list[int]:
+        answer = handler.scan(spec)
+        return np.flatnonzero(np.unpackbits(np.frombuffer(answer["changed"], np.uint8),
+                                            count=spec["count"])).tolist()
+
+    changed()
+    assert changed() == []
+    assert path.stat().st_blocks * 512 <= 1 << 20, "the scan allocated the file's holes"
+    with open(path, "r+b") as f:
+        f.seek(9000 * PAGE_SIZE)
+        f.write(b"new")
+    assert 9000 in changed() and changed() == []
+
+
 def test_the_dirty_log_reports_written_pages_and_writes_still_in_progress(tmp_path):
     path = tmp_path / "region.dirty"
     create_dirty_log(path, 64)
