@@ -17,6 +17,8 @@ SMALL_ARGS = {
     "rounds.py": (["--size", "4M", "--rounds", "2"], "verified: True"),
     "curve_cost.py": (["--size", "8M", "--runs", "1", "--codecs", "none"], "CURVE/plain"),
     "live_guest.py": (["--size", "8M", "--rate", "16M", "--json"], '"identical": true'),
+    "hot_writer.py": (["--size", "16M", "--hot", "1M", "--sweep-rate", "8M"],
+                      '"identical": true'),
     "qemu_guest.py": (["--ram", "64M", "--pages", "1024", "--compare-qemu"], "consistent"),
 }
 NEEDS_QEMU = {"qemu_guest.py"}
