@@ -5,7 +5,6 @@ run on the other core while this process imports the engine: start-up is paid on
 twice in a row (BENCHMARKS.md, "start-up").
 """
 import os
-import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see engine/coordinator/forkserver.py: no BLAS here
 
@@ -13,6 +12,6 @@ from engine.coordinator import forkserver  # noqa: E402
 
 forkserver.start()
 
-from engine.cli.commands import main  # noqa: E402  (after the forkserver on purpose)
+from engine.cli.commands import console_main  # noqa: E402  (after the forkserver on purpose)
 
-sys.exit(main())
+console_main()

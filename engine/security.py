@@ -12,18 +12,20 @@ from __future__ import annotations
 import os
 import re
 import stat
+import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
 from engine.errors import AuthenticationFailed, PeerLost, UsageError
 from engine.log import warn
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 _Z85_KEY = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -50,10 +52,12 @@ class ServerKeys:
         socket.curve_publickey = self.public
         socket.curve_secretkey = self.secret
 
-    def start_authenticator(self, context: zmq.Context, refusal: str) -> ThreadAuthenticator:
+    def start_authenticator(self, context: zmq.Context, refusal: str) -> "ThreadAuthenticator":
         """Admit only `allowed` keys on every CURVE server socket of `context`; print
         `refusal` on stderr for each connection refused. Start it before any socket binds:
         without a ZAP handler libzmq admits every client."""
+        # Here, not at the top: it imports asyncio, tens of ms that a plain transfer never uses.
+        from zmq.auth.thread import ThreadAuthenticator
         authenticator = ThreadAuthenticator(context)
         authenticator.start()
         authenticator.configure_curve_callback("*", _AllowList(self.allowed, refusal))
@@ -145,6 +149,7 @@ def write_key_pair(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
             raise UsageError(f"{path} exists; remove it first or choose another --name")
     try:
         with tempfile.TemporaryDirectory(prefix=".multifd-keygen-", dir=target) as private:
+            import zmq.auth  # asyncio with it: only where keys are made or read
             public, secret = zmq.auth.create_certificates(private, name)
             os.chmod(public, 0o644)
             os.chmod(secret, 0o600)
@@ -180,6 +185,7 @@ def _load_certificate(path: Path) -> tuple[bytes, bytes | None]:
     if not path.is_file():
         raise UsageError(f"cannot read key {path}: no such file")
     try:
+        import zmq.auth  # asyncio with it: only where keys are made or read
         public, secret = zmq.auth.load_certificate(path)
     except OSError as exc:
         raise UsageError(f"cannot read key {path}: {exc.strerror or exc}") from None
@@ -222,7 +228,9 @@ def connect_checked(socket: zmq.Socket, endpoint: str, keys: ClientKeys | None,
                 raise PeerLost(f"the receiver at {endpoint} did not accept our key (or is not "
                                f"there) within {timeout_s:.0f} s" if keys else
                                f"no receiver answered at {endpoint} within {timeout_s:.0f} s")
-            event = recv_monitor_message(monitor)["event"]
+            # A monitor event's first frame: the event (uint16) and its value (uint32). Read
+            # here rather than with zmq.utils.monitor, which imports asyncio (tens of ms).
+            event = struct.unpack_from("=H", monitor.recv_multipart()[0])[0]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:

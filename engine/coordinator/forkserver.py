@@ -26,7 +26,8 @@ from engine import log
 # The built-in handlers and codecs too: the registries import them by name on first use,
 # which without this happened in every new worker (zstandard alone is tens of ms).
 PRELOAD = ["workers.main", "workers.handlers.ram", "workers.handlers.device",
-           "workers.codecs.plain", "workers.codecs.zlib", "workers.codecs.zstd"]
+           "workers.codecs.plain", "workers.codecs.zlib", "workers.codecs.zstd",
+           "engine.coordinator.quick_exit"]
 _QUIET_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 
 
