@@ -98,6 +98,7 @@ class Sender:
         self._devices: dict[str, tuple[Path, int, str]] = {}  # key -> path, size, digest
         self._endpoints: list[str] = []
         self._spilled: list[Path] = []
+        self._hashes_fd = -1
         self._unsynced = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -167,19 +168,17 @@ class Sender:
 
     def _hash_file(self) -> Path:
         """The folded page hashes the source workers share: 8 bytes per page, all 0 (never
-        sent) at first; in shared memory where there is some, removed on close."""
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, name = tempfile.mkstemp(prefix="multifd-hashes-", dir=folder)
-        self._spilled.append(Path(name))
-        try:
-            os.ftruncate(fd, 8 * self.pages)
-        finally:
-            os.close(fd)
-        return Path(name)
+        sent) at first. An anonymous memory file that the workers open by its /proc path:
+        it goes away with the last process that has it, so even a killed sender leaves none
+        behind (a file in /dev/shm did)."""
+        self._hashes_fd = os.memfd_create("multifd-hashes", os.MFD_CLOEXEC)
+        os.ftruncate(self._hashes_fd, 8 * self.pages)
+        return Path(f"/proc/{os.getpid()}/fd/{self._hashes_fd}")
 
     def page_hashes(self) -> np.ndarray:
         """The hash of the last copy sent of every page (0: never sent)."""
-        return np.fromfile(self._hashes, dtype="<u8", count=self.pages)
+        data = os.pread(self._hashes_fd, 8 * self.pages, 0)
+        return np.frombuffer(data, dtype="<u8", count=self.pages)
 
     def close(self) -> None:
         """Stop everything; safe to call at any point, also after an error, and twice."""
@@ -198,6 +197,9 @@ class Sender:
         self._zmq.destroy(linger=0)
         for path in self._spilled:
             path.unlink(missing_ok=True)
+        if self._hashes_fd >= 0:
+            os.close(self._hashes_fd)
+            self._hashes_fd = -1
         if self._dispatcher is not None:
             self._dispatcher.close()
 
