@@ -13,17 +13,14 @@ def json_line(result: TransferResult | LiveResult | VmResult) -> str:
 
 def print_summary(result: TransferResult | LiveResult | VmResult,
                   title: str | None = None) -> None:
-    from rich.console import Console  # only here: a --json run starts faster without rich
-    from rich.table import Table
+    """Two aligned columns of plain text: a terminal, a log and a pipe read it alike, and it
+    costs nothing (rich's table took a sixth of a small transfer's start-to-end time)."""
     vm = result if isinstance(result, VmResult) else None
     result = vm.migration if vm else result
     live = result if isinstance(result, LiveResult) else None
     result = live.transfer if live else result
     title = title or ("VM migrated" if vm else "live migration verified" if live
                       else "transfer verified")
-    table = Table(title=title, show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
     ratio = result.wire_bytes / result.bytes if result.bytes else 0.0
     rows = [
         ("image", format_size(result.bytes)),
@@ -49,9 +46,9 @@ def print_summary(result: TransferResult | LiveResult | VmResult,
         rows += [("VM downtime", f"{vm.downtime_ms:.0f} ms (pause to the guest running)"),
                  ("VM states", ", ".join(f"{side} {state or '-'}"
                                          for side, state in vm.vm.items()))]
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    width = max(len(name) for name, _ in rows)
+    print("\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)]),
+          flush=True)
 
 
 def _live_rows(live: LiveResult) -> list[tuple[str, str]]:
