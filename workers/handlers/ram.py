@@ -165,26 +165,24 @@ class RamHandler(PayloadHandler):
         The answer is a bitmap (1 bit per page, packed), so it is small and of known size;
         the first scan of a range reports every page. Two levels: every scan hashes blocks of
         SCAN_BLOCK_PAGES pages, and only the pages of blocks whose hash changed are hashed one
-        by one, which halves a look (BENCHMARKS.md, "dirty scan"); a block changed for the
-        first time reports all its pages. Memory: 8 bytes per scanned page and per block, no
-        copy of any page. The pages read stay mapped from
-        one scan to the next, until the worker stops with its transfer: they are the image's
-        own page-cache pages (RSS, not anonymous memory), and faulting them in again for each
-        look cost four times the hashing (BENCHMARKS.md, "dirty scan"). With "fold" in the
-        spec, the page hashes are recorded as the pages' folded hashes instead (a resumed
-        transfer: the destination has them already), the range is let go, and the answer is
-        empty.
+        by one, which halves a look; a block changed for the first time reports all its pages.
+        Memory: 8 bytes per scanned page and per block, no copy of any page. The pages read
+        stay mapped from one scan to the next, until the worker stops with its transfer: they
+        are the image's own page-cache pages (RSS, not anonymous memory), and faulting them in
+        again for each look cost more than the hashing (BENCHMARKS.md, "dirty scan").
+        With "fold" in the spec, the pages' hashes as stored now are recorded as their folded
+        hashes instead (a resumed transfer: the destination has them already) and the answer
+        is empty.
         """
         start, count = spec.get("start"), spec.get("count")
         if not (isinstance(start, int) and isinstance(count, int)
                 and 0 <= start and 0 < count and start + count <= self.pages):
             raise ProtocolError(f"scan of pages {start}+{count} outside the image of "
                                 f"{self.pages} pages")
-        image = self._mapping()
-        view, first_byte = memoryview(image), start * PAGE_SIZE
         if spec.get("fold"):  # resuming: the destination has these pages from before
             self._fold_stored(start, count)
             return {"start": start, "count": count}
+        view, first_byte = memoryview(self._mapping()), start * PAGE_SIZE
         blocks = self._block_hashes(view, first_byte, count)
         previous = self.scanned.get((start, count))
         if previous is None:  # page hashes 0: not taken yet
