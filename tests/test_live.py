@@ -254,6 +254,18 @@ def test_no_convergence_fails_without_pausing_when_asked(writer, tmp_path):
     assert not (tmp_path / "dst").exists()
 
 
+def test_rounds_that_stop_getting_shorter_end_before_max_rounds(writer, tmp_path):
+    region, process = writer(MiB, pause_s=0.002)
+    slow = [*SLOW_LINK[:-1], "30"]  # the same slow link, 30 rounds allowed
+    run = multifd("migrate", str(region), str(tmp_path / "dst"), "--live", "--pause-pid",
+                  str(process.pid), *slow, "--json")
+    assert run.returncode == 0, run.stderr
+    summary = last_json(run.stdout)
+    assert summary["converged"] is False
+    assert summary["rounds"] < 30, "the rounds ran on though the stop never got shorter"
+    assert (tmp_path / "dst").read_bytes() == region.read_bytes()
+
+
 def test_a_failure_after_the_pause_resumes_the_source(image, tmp_path):
     src = image(2 * MiB)
     calls: list[str] = []
