@@ -1,9 +1,8 @@
 """The forkserver that worker processes are forked from, started once per coordinator process.
 
-It imports the worker code (numpy, zmq, zstandard) once, so starting a worker costs a fork.
-`python -m engine` starts it first thing, so that those imports run on the other core while
-the command imports the coordinators (BENCHMARKS.md, "start-up"); WorkerGroup starts it for
-API users. It runs with OPENBLAS_NUM_THREADS=1: the workers never use BLAS, and otherwise
+It holds the worker code (numpy, zmq, zstandard) imported, so starting a worker costs a fork.
+The command line forks it from itself (start_here); WorkerGroup starts it as an interpreter
+of its own for API users (start), which imports that code first. It runs with OPENBLAS_NUM_THREADS=1: the workers never use BLAS, and otherwise
 OpenBLAS starts a thread per core in every worker that spins at start-up, which cost 6% of a
 1 GiB transfer's CPU (BENCHMARKS.md, "profile").
 
@@ -14,20 +13,23 @@ needs nothing from the caller's script.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
-from multiprocessing import popen_forkserver, reduction, spawn, util
+import signal
+import socket
+from multiprocessing import connection, popen_forkserver, reduction, resource_tracker, spawn, util
 from typing import Any
 
 from engine import log
 
 # The built-in handlers and codecs too: the registries import them by name on first use,
 # which without this happened in every new worker (zstandard alone is tens of ms).
-PRELOAD = ["workers.main", "workers.handlers.ram", "workers.handlers.device",
-           "workers.codecs.plain", "workers.codecs.zlib", "workers.codecs.zstd",
-           "engine.coordinator.quick_exit"]
+WORKER_MODULES = ["workers.main", "workers.handlers.ram", "workers.handlers.device",
+                  "workers.codecs.plain", "workers.codecs.zlib", "workers.codecs.zstd"]
+PRELOAD = [*WORKER_MODULES, "engine.coordinator.quick_exit"]
 _QUIET_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -45,6 +47,41 @@ def start() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def start_here() -> None:
+    """Start the forkserver as a fork of this process, which must have imported PRELOAD
+    already and have no thread and no ZeroMQ context yet (the command line, first thing):
+    no second interpreter starts and imports numpy, zmq and zstandard all over again, which
+    cost a command 0.2 s of CPU, and a worker can be forked as soon as the command wants one.
+    API callers get start(): their process may run threads, which a fork does not carry."""
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_pid is not None:
+        return
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
+    resource_tracker.ensure_running()
+    listener = socket.socket(socket.AF_UNIX)
+    address = connection.arbitrary_address("AF_UNIX")
+    listener.bind(address)
+    if not util.is_abstract_socket_namespace(address):
+        os.chmod(address, 0o600)
+    listener.listen()
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the forkserver: it serves until its coordinator closes alive_w
+        try:
+            os.close(alive_w)
+            for signum in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(signum, signal.SIG_DFL)  # the command's handlers are not ours
+            multiprocessing.forkserver.main(listener.fileno(), alive_r, PRELOAD)
+        finally:
+            os._exit(0)
+    os.close(alive_r)
+    listener.close()
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
 
 
 def stop() -> None:
