@@ -43,8 +43,8 @@ def _measured(choice: AdaptiveChoice, ratios=(0.6, 0.5), speeds=(300e6, 200e6)) 
                       seconds=(2 << 20) / speed)
 
 
-def test_auto_sends_raw_while_the_window_has_room():
-    choice = _choice([0.25, 50e6])
+def test_auto_sends_raw_while_the_window_has_room_and_the_link_is_not_yet_measured():
+    choice = _choice([0.25, 0.0])
     _measured(choice)
     assert {choice.pick().spec for _ in range(40)} == {"none"}
 
@@ -54,8 +54,22 @@ def test_auto_tries_each_codec_then_compresses_as_hard_as_a_slow_link_pays_for()
     choice = _choice(state)
     assert choice.pick().spec == "zstd:1"  # not measured yet
     _measured(choice)
-    state[1] = 50e6  # 50 MB/s: none 50, zstd:1 min(300, 83), zstd:3 min(200, 100)
+    # 50 MB/s, seconds per MB: none 20, zstd:1 max(3.3, 12), zstd:3 max(5, 10)
+    state[1] = 50e6
     assert {choice.pick().spec for _ in range(14)} == {"zstd:3"}
+
+
+def test_auto_keeps_compressing_on_a_slow_link_when_the_window_has_room():
+    choice = _choice([0.0, 50e6])  # a run of zero pages has just drained the window
+    _measured(choice)
+    assert {choice.pick().spec for _ in range(14)} == {"zstd:3"}
+
+
+def test_auto_stops_raising_the_level_where_the_cpu_would_take_longer_than_the_wire():
+    choice = _choice([7 / 8, 50e6])
+    # zstd:3 at 50 MB/s (the cores are busy): max(20, 10) against zstd:1's max(3.3, 12)
+    _measured(choice, speeds=(300e6, 50e6))
+    assert {choice.pick().spec for _ in range(14)} == {"zstd:1"}
 
 
 def test_auto_leaves_a_fast_link_and_incompressible_data_uncompressed_but_keeps_probing():
