@@ -8,21 +8,27 @@ count) and `n * r_l / R` seconds of wire (r_l: the codec's ratio on recent packe
 rate at which the channel's send window drains while full, workers/gauge.py). Sending and
 compressing overlap, so a packet costs max(n / s_l, n * r_l / R): the codec with the least
 of that is picked, and compression only if it beats sending the bytes as they are
-(n / R, no compressing) by a tenth, because the CPU it takes is not free when the far end
-shares the machine.
+(n / R_raw) by a tenth, because the CPU it takes is not free when the far end shares the
+machine.
+
+R is kept apart for raw and for compressed packets (the gauge says which packets a rate
+was measured on): a wire drains both alike, a far end short of CPU drains compressed
+packets slower, since it decompresses them and our compressing takes cores from it. With
+one rate for both, compressing on a fast link lowered the rate, which made compressing
+look better still (BENCHMARKS.md, "link"). Until R is known (the first window's worth of
+packets), packets go as they are, which is also how R_raw gets measured.
 
 So on a slow link (1 Gbit/s here, R about 60 MB/s per channel) the level goes up until the
-CPU term catches up with the wire term (zstd:2 or zstd:3 on this machine); on a link that
-the far end cannot keep up with anyway (10 Gbit/s on 2 cores: R above what zstd:1
-compresses), or with data that does not shrink, nothing is compressed. The window's fill
-is what matters until R is known: a window with room means this worker, not the link, is
-what the transfer waits on, so packets go as they are. Once R is known, it decides: after
-a run of zero pages (which drain at once) the window has room on a slow link too, and
-sending raw then would cost wire time (BENCHMARKS.md, "slow links").
+CPU term catches up with the wire term (zstd:2 or zstd:3 on this machine), whatever the
+window's fill (after a run of zero pages, which drain at once, it has room on a slow link
+too, and raw packets then cost wire time); on a link that the far end cannot keep up with
+anyway (10 Gbit/s on 2 cores), or with data that does not shrink, nothing is compressed
+(BENCHMARKS.md, "slow links").
 
-A codec not yet measured is tried on the first packet that would compress, and every
-PROBE_EVERY packets one goes with the next codec in turn, so that the figures follow the
-data.
+A codec not yet measured is tried on the first packets that would compress (its first
+packet only warms it up: a fresh compression context faults its tables in and ran 2-5x
+slower than the next packet), and every PROBE_EVERY packets one goes with the next codec in
+turn, so that the figures follow the data.
 """
 from __future__ import annotations
 
@@ -31,8 +37,6 @@ from typing import Callable, Sequence
 from workers.codecs.base import Codec
 from workers.gauge import LinkState
 
-# Window fill from which the link, not this worker, is the bottleneck.
-CONGESTED = 0.5
 PROBE_EVERY = 16
 # How much faster than sending uncompressed a codec must promise to be to be used.
 MARGIN = 0.1
@@ -47,7 +51,10 @@ class AdaptiveChoice:
         self.link = link
         self.ratio: dict[str, float] = {}  # compressed / raw
         self.speed: dict[str, float] = {}  # raw bytes per second of compression, wall time
+        self.warm: set[str] = set()  # codecs whose first packet has been compressed
         self.picks = 0
+        self.chosen: dict[int, bool] = {}  # packet number -> compressed?, probes left out
+        self.drain: dict[bool, float] = {}  # the drain rate of raw / of compressed packets
 
     @property
     def plain(self) -> Codec:
@@ -59,24 +66,56 @@ class AdaptiveChoice:
         if len(self.codecs) == 1:  # a fixed codec: nothing to choose, no gauge to read
             return self.codecs[0]
         state = self.link()
-        if not state.drain_rate and state.fill < CONGESTED:
-            return self.codecs[0]  # as far as we know, the link waits on this worker
-        self.picks += 1
+        self._note_drain(state)
+        if not state.drain_rate:
+            # The link's pace is not known (yet, or any more: the window has had room for a
+            # while, so the link has been waiting on this worker): send as it is.
+            codec = self.codecs[0]
+        else:
+            self.picks += 1
+            probe = self._probe()
+            if probe is not None:
+                return probe
+            codec = self._best(state.drain_rate)
+        self.chosen[state.sent] = codec is not self.codecs[0]
+        return codec
+
+    def _probe(self) -> Codec | None:
+        """A codec not measured yet, or every PROBE_EVERY packets the next one in turn."""
         for codec in self.codecs[1:]:
             if codec.spec not in self.ratio:
-                return codec  # not measured yet
+                return codec
         if self.picks % PROBE_EVERY == 0:
             return self.codecs[1 + self.picks // PROBE_EVERY % (len(self.codecs) - 1)]
-        if not state.drain_rate:
-            return self.codecs[1]
-        best = min(self.codecs[1:], key=lambda codec: self._seconds(codec, state.drain_rate))
-        if self._seconds(best, state.drain_rate) * (1 + MARGIN) < 1 / state.drain_rate:
+        return None
+
+    def _best(self, drain_rate: float) -> Codec:
+        # Until both were seen, what we saw is all we know: the same for both.
+        raw_rate = self.drain.get(False) or self.drain.get(True) or drain_rate
+        compressed_rate = self.drain.get(True) or raw_rate
+        best = min(self.codecs[1:], key=lambda codec: self._seconds(codec, compressed_rate))
+        if self._seconds(best, compressed_rate) * (1 + MARGIN) < 1 / raw_rate:
             return best
         return self.codecs[0]
+
+    def _note_drain(self, state: LinkState) -> None:
+        """Keep the drain rate as that of raw or of compressed packets when the packets it
+        was measured on were all one or the other (packets of zero pages, probes and other
+        handlers' packets do not count): a far end short of CPU drains compressed packets
+        slower (it decompresses them, and our compressing takes cores from it), a wire
+        drains both alike."""
+        kinds = {self.chosen[n] for n in state.drained if n in self.chosen}
+        if state.drain_rate and len(kinds) == 1:
+            self.drain[kinds.pop()] = state.drain_rate
+        for number in [n for n in self.chosen if n < state.drained.start]:
+            del self.chosen[number]  # acknowledged before any later measurement
 
     def record(self, codec: Codec, raw: int, compressed: int, seconds: float) -> None:
         """What a compressed packet came to, and how long (wall time) compressing it took."""
         if not raw or seconds <= 0:
+            return
+        if codec.spec not in self.warm:
+            self.warm.add(codec.spec)
             return
         for figures, value in ((self.ratio, compressed / raw), (self.speed, raw / seconds)):
             old = figures.get(codec.spec)
