@@ -14,11 +14,11 @@ CODECS: Registry[Codec] = Registry("codec", "multifd_engine.codecs", {
 
 # `--compress auto` lets the source pick per packet among these, fastest first; the session
 # announces "auto" and the destination accepts exactly these (workers/codecs/adaptive.py).
-# zstd:2 and zstd:3 are where a 1 Gbit/s link balances with two channels' CPU here; zstd:6
-# (2.5x slower than zstd:3 for 3% fewer bytes) pays only on slower links (BENCHMARKS.md,
-# "slow links").
+# zstd:2 and zstd:3 are where a 1 Gbit/s link balances with two channels' CPU here; zstd:4
+# gives zstd:3's bytes slower, zstd:5 and zstd:6 2-2.7x slower for 2-3% fewer bytes, and
+# trying them costs more than they save on these links (BENCHMARKS.md, "slow links").
 AUTO = "auto"
-AUTO_CHOICES = ("none", "zstd:1", "zstd:2", "zstd:3", "zstd:6")
+AUTO_CHOICES = ("none", "zstd:1", "zstd:2", "zstd:3")
 
 
 def session_codecs(spec: str) -> dict[str, Codec]:

@@ -25,10 +25,11 @@ too, and raw packets then cost wire time); on a link that the far end cannot kee
 anyway (10 Gbit/s on 2 cores), or with data that does not shrink, nothing is compressed
 (BENCHMARKS.md, "slow links").
 
-A codec not yet measured is tried on the first packets that would compress (its first
-packet only warms it up: a fresh compression context faults its tables in and ran 2-5x
-slower than the next packet), and every PROBE_EVERY packets one goes with the next codec in
-turn, so that the figures follow the data.
+The fastest codec is measured on the first packets once the pace is known (the first
+packet only warms a codec up: a fresh compression context faults its tables in and ran 2-5x
+slower than the next packet); every PROBE_EVERY packets one goes with a neighbour of the
+codec in use, so the level climbs (or falls) one step at a time and the figures follow the
+data.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from typing import Callable, Sequence
 from workers.codecs.base import Codec
 from workers.gauge import LinkState
 
-PROBE_EVERY = 16
+PROBE_EVERY = 8
 # How much faster than sending uncompressed a codec must promise to be to be used.
 MARGIN = 0.1
 _WEIGHT = 0.25  # of the newest packet in the running figures
@@ -53,6 +54,7 @@ class AdaptiveChoice:
         self.speed: dict[str, float] = {}  # raw bytes per second of compression, wall time
         self.warm: set[str] = set()  # codecs whose first packet has been compressed
         self.picks = 0
+        self.current = self.codecs[0]  # what the figures chose last
         self.chosen: dict[int, bool] = {}  # packet number -> compressed?, probes left out
         self.drain: dict[bool, float] = {}  # the drain rate of raw / of compressed packets
 
@@ -67,33 +69,35 @@ class AdaptiveChoice:
             return self.codecs[0]
         state = self.link()
         self._note_drain(state)
-        if not state.drain_rate:
-            # The link's pace is not known (yet, or any more: the window has had room for a
-            # while, so the link has been waiting on this worker): send as it is.
+        if not state.drain_rate:  # the link's pace is not known yet: send as it is
             codec = self.codecs[0]
         else:
             self.picks += 1
             probe = self._probe()
             if probe is not None:
                 return probe
-            codec = self._best(state.drain_rate)
+            codec = self.current = self._best(state.drain_rate)
         self.chosen[state.sent] = codec is not self.codecs[0]
         return codec
 
     def _probe(self) -> Codec | None:
-        """A codec not measured yet, or every PROBE_EVERY packets the next one in turn."""
-        for codec in self.codecs[1:]:
-            if codec.spec not in self.ratio:
-                return codec
-        if self.picks % PROBE_EVERY == 0:
-            return self.codecs[1 + self.picks // PROBE_EVERY % (len(self.codecs) - 1)]
-        return None
+        """The fastest compressing codec until it is measured; then every PROBE_EVERY
+        packets a neighbour of the codec in use, the one above and the one below in turn
+        (the levels far from it cost more to try than they tell)."""
+        if self.codecs[1].spec not in self.ratio:
+            return self.codecs[1]
+        if self.picks % PROBE_EVERY:
+            return None
+        at = self.codecs.index(self.current)
+        neighbours = [i for i in (at + 1, at - 1) if 1 <= i < len(self.codecs)]
+        return self.codecs[neighbours[self.picks // PROBE_EVERY % len(neighbours)]]
 
     def _best(self, drain_rate: float) -> Codec:
         # Until both were seen, what we saw is all we know: the same for both.
         raw_rate = self.drain.get(False) or self.drain.get(True) or drain_rate
         compressed_rate = self.drain.get(True) or raw_rate
-        best = min(self.codecs[1:], key=lambda codec: self._seconds(codec, compressed_rate))
+        measured = [codec for codec in self.codecs[1:] if codec.spec in self.ratio]
+        best = min(measured, key=lambda codec: self._seconds(codec, compressed_rate))
         if self._seconds(best, compressed_rate) * (1 + MARGIN) < 1 / raw_rate:
             return best
         return self.codecs[0]
