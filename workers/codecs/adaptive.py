@@ -27,8 +27,8 @@ anyway (10 Gbit/s on 2 cores), or with data that does not shrink, nothing is com
 
 The fastest codec is measured on the first packets once the pace is known (the first
 packet only warms a codec up: a fresh compression context faults its tables in and ran 2-5x
-slower than the next packet); every PROBE_EVERY packets one goes with a neighbour of the
-codec in use, so the level climbs (or falls) one step at a time and the figures follow the
+slower than the next packet); every few packets one goes with a neighbour of the codec in
+use, so the level climbs (or falls) one step at a time and the figures follow the
 data.
 """
 from __future__ import annotations
@@ -38,7 +38,11 @@ from typing import Callable, Sequence
 from workers.codecs.base import Codec
 from workers.gauge import LinkState
 
+# Packets between two probes: while compressing, often enough that the level climbs to where
+# a 1 Gbit/s link wants it early in a transfer; while sending raw, where every probe is CPU
+# the link did not ask for (10 Gbit/s here), rarely.
 PROBE_EVERY = 8
+PROBE_RAW_EVERY = 32
 # How much faster than sending uncompressed a codec must promise to be to be used.
 MARGIN = 0.1
 _WEIGHT = 0.25  # of the newest packet in the running figures
@@ -82,15 +86,17 @@ class AdaptiveChoice:
 
     def _probe(self) -> Codec | None:
         """The fastest compressing codec until it is measured; then every PROBE_EVERY
-        packets a neighbour of the codec in use, the one above and the one below in turn
-        (the levels far from it cost more to try than they tell)."""
+        packets (PROBE_RAW_EVERY while sending raw) a neighbour of the codec in use, the one
+        above and the one below in turn (the levels far from it cost more to try than they
+        tell)."""
         if self.codecs[1].spec not in self.ratio:
             return self.codecs[1]
-        if self.picks % PROBE_EVERY:
+        every = PROBE_RAW_EVERY if self.current is self.codecs[0] else PROBE_EVERY
+        if self.picks % every:
             return None
         at = self.codecs.index(self.current)
         neighbours = [i for i in (at + 1, at - 1) if 1 <= i < len(self.codecs)]
-        return self.codecs[neighbours[self.picks // PROBE_EVERY % len(neighbours)]]
+        return self.codecs[neighbours[self.picks // every % len(neighbours)]]
 
     def _best(self, drain_rate: float) -> Codec:
         # Until both were seen, what we saw is all we know: the same for both.
