@@ -32,11 +32,12 @@ from engine.tools.bench.measure import become_subreaper, reap_orphans
 from engine.tools.bench.runner import existing_children
 from engine.units import parse_rate, parse_size
 
+# The project's QEMU driver, beside the checkout (../shared/peers); --qemu-peer overrides it.
 QEMU_PEER = Path(__file__).resolve().parents[4] / "shared" / "peers" / "qemu_multifd.py"
-PORT = 47011
+PORT = 47011  # the pipes' listening port, inside the destination namespace only
 TIMEOUT_S = 300
 
-# What runs, by the name the table gives it.
+# The pipes, by the name the table gives them: (source, destination) shell commands.
 PIPES = {
     "zstd -1 -T0 | socat": ("zstd -1 -T0 -c {image} | socat -u - TCP:{address}:{port}",
                             "socat -u TCP-LISTEN:{port},reuseaddr - | zstd -d -T0 -q -o "
@@ -55,12 +56,13 @@ class Run:
     error: str = ""
 
 
-def run_one(lab: LinkLab, name: str, image: Path, destination: Path, channels: int) -> Run:
+def run_one(lab: LinkLab, name: str, image: Path, destination: Path, channels: int,
+            qemu_peer: Path) -> Run:
     """One transfer of `image` across the lab's link by `name`, measured."""
     destination.unlink(missing_ok=True)
     keep = existing_children()
     before_wire, before_cpu = _wire_bytes(lab), _children_cpu()
-    wall, error = _transfer(lab, name, image, destination, channels)
+    wall, error = _transfer(lab, name, image, destination, channels, qemu_peer)
     reap_orphans(keep)
     cpu, wire = _children_cpu() - before_cpu, _wire_bytes(lab) - before_wire
     # The engine and QEMU's peer script compare the copy themselves (and QEMU's lives in its
@@ -71,15 +73,15 @@ def run_one(lab: LinkLab, name: str, image: Path, destination: Path, channels: i
     return Run(wall, cpu, wire, error)
 
 
-def _transfer(lab: LinkLab, name: str, image: Path, destination: Path, channels: int
-              ) -> tuple[float, str]:
+def _transfer(lab: LinkLab, name: str, image: Path, destination: Path, channels: int,
+              qemu_peer: Path) -> tuple[float, str]:
     if name.startswith("engine "):
         cell = Cell((("channels", channels), ("compress", name.split()[1])))
         sample = LinkRunner(lab).run(cell, 0, image, destination)
         return sample.wall_s, sample.error
     if name in QEMU_RUNS:
         done = subprocess.run(
-            [sys.executable, str(QEMU_PEER), "--image", str(image), "--channels",
+            [sys.executable, str(qemu_peer), "--image", str(image), "--channels",
              str(channels), "--compression", QEMU_RUNS[name], "--json",
              "--tmpdir", str(destination.parent), "--src-netns", lab.source,
              "--dst-netns", lab.destination, "--dst-addr", DESTINATION_ADDRESS],
@@ -101,6 +103,7 @@ def _transfer(lab: LinkLab, name: str, image: Path, destination: Path, channels:
 
 
 def _wait_listening(lab: LinkLab) -> None:
+    """Until the receiving pipe listens (at most 10 s: after that the run fails by itself)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         listening = subprocess.run([*lab.prefix(lab.destination), "ss", "-Hltn",
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runs", default=",".join(["engine auto", "engine zstd:1", *QEMU_RUNS, *PIPES]),
                         help="comma-separated: engine CODEC, QEMU none, QEMU zstd, and the pipes")
+    parser.add_argument("--qemu-peer", type=Path, default=QEMU_PEER)
     args = parser.parse_args()
     become_subreaper()
     names = args.runs.split(",")
@@ -142,7 +146,8 @@ def main() -> None:
                 lab.shape(parse_rate(link))
                 results: dict[str, list[Run]] = {name: [] for name in names}
                 for repeat, name in schedule(names, args.repeat):
-                    run = run_one(lab, name, image, folder.destination(), args.channels)
+                    run = run_one(lab, name, image, folder.destination(), args.channels,
+                                  args.qemu_peer)
                     results[name].append(run)
                     print(f"{link} {repeat} {name}: {run}", file=sys.stderr, flush=True)
                 _table(link, args, image.stat().st_size, results)
