@@ -19,7 +19,7 @@ look better still (BENCHMARKS.md, "link"). Until R is known (the first window's 
 packets), packets go as they are, which is also how R_raw gets measured.
 
 So on a slow link (1 Gbit/s here, R about 60 MB/s per channel) the level goes up until the
-CPU term catches up with the wire term (zstd:2 or zstd:3 on this machine), whatever the
+CPU term catches up with the wire term (zstd:1 to zstd:3 on this machine), whatever the
 window's fill (after a run of zero pages, which drain at once, it has room on a slow link
 too, and raw packets then cost wire time); on a link that the far end cannot keep up with
 anyway (10 Gbit/s on 2 cores), or with data that does not shrink, nothing is compressed
