@@ -14,8 +14,11 @@ CODECS: Registry[Codec] = Registry("codec", "multifd_engine.codecs", {
 
 # `--compress auto` lets the source pick per packet among these, fastest first; the session
 # announces "auto" and the destination accepts exactly these (workers/codecs/adaptive.py).
+# zstd:1 to zstd:3 are where a 1 Gbit/s link balances with this machine's CPU; zstd:4
+# gives zstd:3's bytes slower, zstd:5 and zstd:6 2-2.7x slower for 2-3% fewer bytes, and
+# trying them costs more than they save on these links (BENCHMARKS.md, "slow links").
 AUTO = "auto"
-AUTO_CHOICES = ("none", "zstd:1", "zstd:3")
+AUTO_CHOICES = ("none", "zstd:1", "zstd:2", "zstd:3")
 
 
 def session_codecs(spec: str) -> dict[str, Codec]:

@@ -96,11 +96,12 @@ class RamHandler(PayloadHandler):
         raw = normal * PAGE_SIZE
         if self.tail and normal and runs[-1][0] + runs[-1][1] == self.pages and nonzero[-1]:
             raw -= PAGE_SIZE - self.tail  # the short last page travels short
-        codec = self.choice.pick()
-        started = time.thread_time()  # CPU time: what compressing costs, not who else ran
+        codec = self.choice.pick() if raw else self.choice.plain
+        # Wall time: what compressing costs this channel, the cores others took included.
+        started = time.perf_counter()
         frames = [codec.compress(memoryview(buffer)[:raw])] if raw else []
         if raw and codec.name != "none":
-            self.choice.record(codec, raw, len(frames[0]), time.thread_time() - started)
+            self.choice.record(codec, raw, len(frames[0]), time.perf_counter() - started)
         body = {"runs": runs, "zero": np.packbits(~nonzero).tobytes(),
                 "codec": codec.spec, "raw": raw}
         self._count(normal, count - normal, raw)

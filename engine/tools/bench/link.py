@@ -102,7 +102,9 @@ class LinkRunner:
         with TreeMeter(command=True, exclude=keep) as meter:
             receiver = subprocess.Popen(
                 [*self.lab.prefix(self.lab.destination), *engine, "receive", str(destination),
-                 "--listen", f"tcp://{DESTINATION_ADDRESS}:0", "--force", "--json"],
+                 "--listen", f"tcp://{DESTINATION_ADDRESS}:0", "--force", "--json",
+                 # the lab's own veth pair, reachable from these two namespaces only
+                 "--insecure"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=engine_root())
             try:
                 endpoint = _listening(receiver)
