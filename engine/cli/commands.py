@@ -149,7 +149,8 @@ def _add_sender_options(p: argparse.ArgumentParser) -> None:
                    help=f"parallel channels (default {DEFAULT_CHANNELS})")
     p.add_argument("--compress", default="none", metavar="CODEC",
                    help="RAM codec: none, zlib[:LEVEL], zstd[:LEVEL], or auto (per packet, "
-                        "none, zstd:1 or zstd:3 by how busy the link is) (default none)")
+                        "none or zstd:1-3, whichever the measured link and CPU finish soonest) "
+                        "(default none)")
     p.add_argument("--device-compress", default="none", metavar="CODEC",
                    help="codec for device state (default none: passthrough)")
     p.add_argument("--device", action="append", default=[], metavar="NAME=PATH",
