@@ -104,8 +104,9 @@ def main() -> int:
             raise SystemExit(f"hot_writer: the migration failed: {run.stderr.strip()}")
         result = json.loads(run.stdout.strip().splitlines()[-1])
         kept = result["downtime_ms"] <= result["downtime_limit_ms"]
-        report = {key: result[key] for key in ("converged", "downtime_ms", "downtime_limit_ms",
-                                               "rounds", "seconds", "dirty")}
+        report = {key: result[key] for key in (
+            "converged", "downtime_ms", "expected_downtime_ms", "downtime_parts_ms",
+            "downtime_limit_ms", "rounds", "seconds", "dirty")}
         report.update(identical=filecmp.cmp(region, copy, shallow=False),
                       promise_kept=kept or not result["converged"])
         print(json.dumps(report, sort_keys=True))

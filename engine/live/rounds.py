@@ -54,6 +54,10 @@ FOLD_BYTES_PER_S = 1e9
 # more rounds only cost time (a 1 GiB guest ran all 30 rounds, 15 s, for nothing).
 STALL_LOOKS = 3
 STALL_SHRINK = 0.9
+# A stop is expected to fit only if the estimate is within this share of the limit: measured
+# stops of 1 GiB writers came out 5-25% longer than estimated (BENCHMARKS.md, "live"), and a
+# migration that says it converged must keep the limit.
+ESTIMATE_MARGIN = 0.8
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,11 @@ class _Precopy:
                 on_round(RoundReport(round=len(self.pages) - 1, pages=self.pages[-1],
                                      seconds=self.seconds[-1], dirty_pages=len(dirty),
                                      dirty_rate=dirty_rate, expected_downtime_ms=expected_ms))
-            converged = expected_ms <= self.live.downtime_limit_ms
+            # Round 0's rate counts every page, and a fresh region's zero pages are nearly
+            # free: it promised a 1 GiB writer's stop 112 ms that took 279. Only the rate of a
+            # round of dirty pages predicts the copy of dirty pages.
+            measured = len(self.pages) > 1 or not len(dirty)
+            converged = measured and expected_ms <= ESTIMATE_MARGIN * self.live.downtime_limit_ms
             stalled = 0 if expected_ms < STALL_SHRINK * best_ms else stalled + 1
             best_ms = min(best_ms, expected_ms)
             if converged or len(self.pages) >= self.live.max_rounds or stalled >= STALL_LOOKS:
@@ -150,8 +158,10 @@ class _Precopy:
             raise NotConverged(
                 f"live migration did not converge in {len(self.pages)} rounds{why}: the source "
                 f"dirtied {len(dirty)} pages since the last round; a stop would take "
-                f"~{expected_ms:.0f} ms, over the {self.live.downtime_limit_ms} ms downtime "
-                "limit; the source was not paused")
+                f"~{expected_ms:.0f} ms, more than the {self.live.downtime_limit_ms} ms "
+                f"downtime limit allows with its margin "
+                f"({ESTIMATE_MARGIN * self.live.downtime_limit_ms:.0f} ms); the source was "
+                "not paused")
         rate = self.rate * PAGE_SIZE  # before the last round, sent with the source paused
         result, downtime = self.switchover(dirty, pause, resume, devices)
         return LiveResult(
