@@ -183,8 +183,8 @@ def _soak(args: argparse.Namespace, cell: Cell, images: ImageFolder) -> int:
         print(json.dumps(report.to_json(), default=str), flush=True)
     else:
         print(f"soak: {len(report.samples)} transfers of {cell.label()}, "
-              f"{report.failures} failed; peak USS {report.first_uss / MiB:.1f} MiB in the "
-              f"first quarter, {report.last_uss / MiB:.1f} MiB in the last: memory "
+              f"{report.failures} failed; peak anonymous memory {report.first_anon / MiB:.1f} MiB in the "
+              f"first quarter, {report.last_anon / MiB:.1f} MiB in the last: memory "
               f"{'GREW' if report.grew else 'did not grow'}")
     return 1 if report.failures or report.grew else 0
 

@@ -1,12 +1,14 @@
-"""Measuring the engine's processes together: wall time, CPU seconds and peak USS.
+"""Measuring the engine's processes together: wall time, CPU seconds and peak anonymous memory.
 
 CPU comes from the kernel's own accounting, not from sampling: a worker's last moments
 before it exits would be invisible to a sampler. In this process (the API runs) it is our
 own CPU time plus, for each child (the forkserver), its own time and that of the children it
 reaped (the workers). For commands it is the CPU of every reaped descendant; this process
 becomes a child subreaper, so that a command's orphans (its forkserver) are reaped, and
-counted, here. Peak memory is the sum of the USS of the whole process tree, sampled by
-psutil on a thread every SAMPLE_S: often enough for transfers of seconds whose memory is
+counted, here. Peak memory is the sum of the anonymous memory (`Anonymous` in
+/proc/PID/smaps_rollup) of the whole process tree: what the engine adds. USS also counts the
+page-cache pages of an image that a process maps, which are the image's, not the engine's
+(QEMU's USS is the size of the guest). Sampled on a thread every SAMPLE_S: often enough for transfers of seconds whose memory is
 flat by design, and rarely enough that the sampler (one scan of the process table and one
 smaps read per process, a few ms) takes about 3% of one core, not a third as at 20 Hz.
 """
@@ -29,7 +31,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 class Usage:
     wall_s: float
     cpu_s: float
-    peak_uss: int
+    peak_anon: int
 
 
 def become_subreaper() -> None:
@@ -71,7 +73,7 @@ class TreeMeter:
         self._stop.set()
         self._thread.join()
         cpu = self._cpu() - self._cpu0 - (0.0 if self.command else self._sampler_cpu)
-        self.usage = Usage(wall_s=wall, cpu_s=cpu, peak_uss=self._peak)
+        self.usage = Usage(wall_s=wall, cpu_s=cpu, peak_anon=self._peak)
 
     def _cpu(self) -> float:
         if self.command:
@@ -105,8 +107,8 @@ class TreeMeter:
             total = 0
             for pid in self._tree():
                 try:
-                    total += psutil.Process(pid).memory_full_info().uss
-                except psutil.Error:
+                    total += anonymous_bytes(pid)
+                except OSError:
                     pass  # it ended between listing and reading
             self._peak = max(self._peak, total)
             if self._stop.wait(SAMPLE_S):
@@ -127,3 +129,13 @@ def reap_orphans(keep: set[int], timeout_s: float = 5.0) -> None:
             except ChildProcessError:
                 pass
         time.sleep(0.02)
+
+
+def anonymous_bytes(pid: int) -> int:
+    """The anonymous memory a process maps (pages it shares with its forkserver counted in
+    each process that maps them)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -46,7 +46,7 @@ class CellSummary:
     cpu_s: Figure  # CPU seconds of every process of the run
     cpu_per_gib: Figure
     wire_ratio: Figure  # nan where the runner does not know its wire bytes (QEMU, cp)
-    peak_uss_mib: Figure
+    peak_anon_mib: Figure
     wall_s: Figure
     wire_mib_per_s: Figure  # wire bytes over the data phase (API runs): --max-bandwidth's
     failures: int
@@ -66,7 +66,7 @@ class CellSummary:
                    cpu_per_gib=figure(lambda s: s.cpu_s / (s.image_bytes / GiB)),
                    wire_ratio=Figure.of([s.wire_bytes / s.image_bytes
                                          for s in good if s.wire_bytes]),
-                   peak_uss_mib=figure(lambda s: s.peak_uss / MiB),
+                   peak_anon_mib=figure(lambda s: s.peak_anon / MiB),
                    wall_s=figure(lambda s: s.wall_s),
                    wire_mib_per_s=Figure.of([s.wire_bytes / MiB / s.data_seconds
                                              for s in good if s.data_seconds > 0]),
@@ -128,7 +128,7 @@ def to_json(summaries: list[CellSummary], ceilings: Ceilings, where: str,
 
 
 _FIGURES = ("gib_per_s", "engine_gib_per_s", "cpu_s", "cpu_per_gib", "wire_ratio",
-            "peak_uss_mib", "wall_s", "wire_mib_per_s")
+            "peak_anon_mib", "wall_s", "wire_mib_per_s")
 
 
 def _figures(s: CellSummary) -> dict[str, Any]:

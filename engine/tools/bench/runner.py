@@ -41,7 +41,7 @@ class Sample:
     wall_s: float  # what the runner waited for, start-up included
     seconds: float  # the engine's own figure (TransferResult.seconds)
     cpu_s: float
-    peak_uss: int
+    peak_anon: int
     wire_bytes: int
     error: str = ""
     run: str = "engine"  # who moved the image: the engine, or a peer (peers.py)
@@ -80,7 +80,7 @@ def sample_from(cell: Cell, repeat: int, size: int, meter: TreeMeter,
     return Sample(cell=cell, repeat=repeat, ok=bool(result.get("ok")) and not error,
                   image_bytes=size, wall_s=usage.wall_s if wall_s is None else wall_s,
                   seconds=float(result.get("seconds", usage.wall_s)), cpu_s=usage.cpu_s,
-                  peak_uss=usage.peak_uss, wire_bytes=int(result.get("wire_bytes", 0)),
+                  peak_anon=usage.peak_anon, wire_bytes=int(result.get("wire_bytes", 0)),
                   error=error, run=run)
 
 
