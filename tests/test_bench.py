@@ -82,3 +82,18 @@ def test_an_axis_named_after_a_setting_goes_into_the_settings():
     (cell,) = cells([Axis("kind", ("mixed",)), Axis("window", (3,)),
                      Axis("compress", ("zstd:2",))])
     assert cell.settings() == TransferSettings(window=3, compress="zstd:2")
+
+
+def test_the_tree_tool_names_each_process_of_a_command_and_their_total(tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(bytes(range(256)) * 4096)
+    run = subprocess.run([sys.executable, "-m", "engine.tools.bench.tree", "--", sys.executable,
+                          "-m", "engine", "migrate", str(src), str(tmp_path / "dst"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    names = {line.split()[1] for line in run.stdout.splitlines() if "CPU s  peak RSS" in line}
+    assert {"multifd-src0", "multifd-src1", "multifd-dst0", "multifd-dst1"} <= names, run.stdout
+    assert "peak anonymous memory" in run.stdout.splitlines()[-1]
+    usage = subprocess.run([sys.executable, "-m", "engine.tools.bench.tree"],
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
