@@ -23,7 +23,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -79,9 +81,9 @@ def main() -> int:
     size, hot, sweep = (parse_size(v) for v in (args.size, args.hot, args.sweep_rate))
     if size % PAGE_SIZE or not 0 < hot <= size or not sweep:
         parser.error("--size must be whole pages, --hot within it, --sweep-rate not 0")
-    name = f"multifd-hot-{os.getpid()}"
-    region, copy, devices = SHM_DIR / name, SHM_DIR / f"{name}.copy", SHM_DIR / f"{name}.dev"
-    log = SHM_DIR / f"{name}.dirty" if args.dirty == "log" else None
+    folder = Path(tempfile.mkdtemp(prefix="multifd-hot-", dir=SHM_DIR))
+    region, copy, devices = folder / "region", folder / "copy", folder / "devices"
+    log = folder / "region.dirty" if args.dirty == "log" else None
     spawn = multiprocessing.get_context("spawn")
     ready = spawn.Event()
     process = None
@@ -95,8 +97,7 @@ def main() -> int:
         if not ready.wait(30):
             raise SystemExit("hot_writer: the writer did not start")
         run = subprocess.run(
-            [sys.executable, "-m", "engine", "migrate", f"shm:{region.name}",
-             f"shm:{copy.name}", "--live", "--pause-pid", str(process.pid), "--dirty",
+            [sys.executable, "-m", "engine", "migrate", str(region), str(copy), "--live", "--pause-pid", str(process.pid), "--dirty",
              args.dirty, "--compress", args.compress, "--downtime-limit",
              str(args.downtime_limit), "--device-dir", str(devices),
              "--json"], capture_output=True, text=True)
@@ -113,12 +114,9 @@ def main() -> int:
         return 0 if report["identical"] else 1
     finally:
         if process is not None and process.pid is not None:
-            process.kill()  # works on a stopped process too
+            process.kill()  # a stopped writer too
             process.join()
-        for path in (region, copy, log):
-            if path is not None:
-                path.unlink(missing_ok=True)
-        shutil.rmtree(devices, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
