@@ -22,7 +22,7 @@ from engine.storage import digest
 from engine.wire import jobs
 from workers.config import WorkerConfig
 from engine.coordinator.control import ControlLink
-from engine.coordinator.dispatcher import (Dispatcher, FinishMarker, JobStream, Marker,
+from engine.coordinator.dispatcher import (Acked, Dispatcher, FinishMarker, JobStream, Marker,
                                            ScanMarker, SyncMarker)
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError
 from engine.storage.aliases import FileId
@@ -71,11 +71,13 @@ class Sender:
     """
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
-                 progress: Callable[[int], None] | None = None,
+                 progress: Callable[[Acked], None] | None = None,
                  keys: ClientKeys | None = None, resume: bool = False,
                  max_bandwidth: int | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
-        """`max_bandwidth`: cap in bytes per second on the wire, shared by all channels;
+        """`progress(acked)`, on the dispatcher thread as units are acknowledged: the image
+        bytes they covered (an int) and, as `acked.wire`, what they took on the wire;
+        `max_bandwidth`: cap in bytes per second on the wire, shared by all channels;
         `connect_timeout`: how long to wait for the receiver to answer, in seconds."""
         self.max_bandwidth = None if max_bandwidth is None else check_bandwidth(max_bandwidth)
         if not connect_timeout > 0:
