@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,8 +45,22 @@ from engine.wire.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Ver
 from engine.coordinator.final_round import FinalRound
 from engine.coordinator.result import TransferResult, transfer_result
 from engine.security import ServerKeys
-from engine.settings import MAX_CHANNELS
+from engine.settings import MAX_CHANNELS, PAGE_SIZE
 
+# How often a receiver reads its journal's page states for `progress`.
+PROGRESS_S = 1.0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What the destination has so far: destination workers send their coordinator nothing
+    per packet, so this is read from the journal's page states (pages applied, resumed ones
+    included) and the barrier (rounds released). The wire bytes are only known at the end."""
+
+    phase: str  # "receiving", then "verifying" once COMPLETE arrived
+    round: int
+    image_bytes: int
+    image_size: int
 
 
 class Receiver:
@@ -62,13 +76,16 @@ class Receiver:
     `destination`; the image is written in place and, once verified, the device state the
     sender sent as device `qemu` is loaded there and the guest runs. A transfer that fails
     never starts it: that QEMU is left waiting, as it was.
+    `progress(arrival)` is called on run()'s thread about once a second during a transfer.
     """
 
     def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
                  device_dir: str | os.PathLike | None = None,
                  on_device: Callable[[str, int, bytes, bool], None] | None = None,
                  force: bool = False, keys: ServerKeys | None = None,
-                 data_ports: int = 0, qemu: str | None = None) -> None:
+                 data_ports: int = 0, qemu: str | None = None,
+                 progress: Callable[[Arrival], None] | None = None) -> None:
+        self.progress = progress
         self.location = parse_location(destination)
         # With a destination QEMU, DEST is its RAM file: written in place (QEMU has it
         # mapped: a renamed-over file would leave the guest on the old one).
@@ -269,7 +286,8 @@ class Receiver:
         for channel, port in enumerate(ports):
             detail(f"channel {channel}: destination worker listening on port {port}")
         link.send(replace(welcome, ports=ports))
-        transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify)
+        transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify,
+                             self.progress)
         complete, image_digest = transfer.run()
         if in_place:
             if QEMU_DEVICE not in assembler.sizes():
@@ -343,7 +361,8 @@ class _Transfer:
     """One transfer in progress on the destination: barrier, devices, recovery, digest."""
 
     def __init__(self, link: ControlLink, workers: WorkerGroup, assembler: DeviceAssembler,
-                 journal: Journal, size: int, ports: list[int], verify: str) -> None:
+                 journal: Journal, size: int, ports: list[int], verify: str,
+                 progress: Callable[[Arrival], None] | None = None) -> None:
         self.link = link
         self.workers = workers
         self.assembler = assembler
@@ -354,6 +373,8 @@ class _Transfer:
         self.recovery = Recovery(len(ports), "destination")
         self.complete: Complete | None = None
         self.final = FinalRound(size, len(ports), verify)
+        self.progress = progress
+        self.next_report = 0.0
 
     def run(self) -> tuple[Complete, str]:
         """Serve until COMPLETE arrived and the image is hashed; returns COMPLETE and the
@@ -364,7 +385,17 @@ class _Transfer:
                 self.on_events(events)
             except ChannelLost as lost:
                 self.recovery.handle(lost, self.restart)
+            self.report()
         return self.complete, self.verify()
+
+    def report(self) -> None:
+        """Hand `progress` what has arrived, at most once every PROGRESS_S."""
+        if self.progress is None or time.monotonic() < self.next_report:
+            return
+        self.next_report = time.monotonic() + PROGRESS_S
+        done = min(self.size, self.journal.applied_pages() * PAGE_SIZE)
+        self.progress(Arrival(phase="verifying" if self.complete else "receiving",
+                              round=self.barrier.round, image_bytes=done, image_size=self.size))
 
     def on_events(self, events: dict) -> None:
         self.workers.handle(events, self.on_worker)

@@ -93,6 +93,12 @@ class Journal:
         states = np.fromfile(self.path, dtype=np.uint8, count=self.pages, offset=HEADER_BYTES)
         return np.flatnonzero((states & APPLIED) == 0)
 
+    def applied_pages(self) -> int:
+        """How many pages arrived whole (the destination's progress: one byte a page to
+        read, so a receiver can afford it once a second)."""
+        states = np.fromfile(self.path, dtype=np.uint8, count=self.pages, offset=HEADER_BYTES)
+        return int(np.count_nonzero(states & APPLIED))
+
     def page_hashes(self) -> np.ndarray:
         """The folded hash of every page as it was written (0: never written)."""
         return np.fromfile(self.path, dtype="<u8", count=self.pages, offset=self.hashes_at)
