@@ -52,7 +52,8 @@ class Status:
         fields = asdict(self)
         mib = 1 << 20
         fields["image_mib_per_s"] = round(self.image_rate / mib, 1)
-        fields["wire_mib_per_s"] = None if self.wire_rate is None else round(self.wire_rate / mib, 1)
+        fields["wire_mib_per_s"] = (None if self.wire_rate is None
+                                    else round(self.wire_rate / mib, 1))
         for key in ("image_rate", "wire_rate", "dirty_rate"):  # bytes per second
             fields[key] = None if fields[key] is None else int(fields[key])
         return {key: round(value, 3) if isinstance(value, float) else value
