@@ -93,14 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", metavar="SECRET",
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
+    send.add_argument("--name", default="", metavar="NAME",
+                      help="this transfer's name, after which a receiver started with --serve "
+                      "names the destination (letters, digits, '.', '_', '-')")
     _add_sender_options(send)
     _add_live_options(send)
     _add_qemu_option(send, "--qemu", "source")
     _add_progress_option(send)
 
     receive = commands.add_parser("receive", parents=common,
-                                  help="wait for one transfer into DEST")
-    receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
+                                  help="wait for one transfer into DEST (or serve many: "
+                                  "--serve)")
+    receive.add_argument("dest", metavar="DEST", nargs="?",
+                         help="destination image: a file or shm:NAME")
+    receive.add_argument("--serve", action="store_true",
+                         help="keep serving: one transfer after another, each into "
+                         "--dest-template with the name its sender gave (send --name); one "
+                         "JSON line per transfer on stdout; SIGTERM stops")
+    receive.add_argument("--dest-template", metavar="TEMPLATE",
+                         help="with --serve: each transfer's DEST, {name} standing for the "
+                         "sender's name, e.g. '/dev/shm/{name}'")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
     receive.add_argument("--key", metavar="SECRET",
@@ -329,6 +341,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from engine.tools.bench.command import run as run_bench
         return run_bench(args)
+    if args.command == "receive" and args.serve:
+        from engine.cli.serve import serve
+        return serve(args, receiver_keys(args))
     if args.command == "receive":
         result = run_receive(args)
     else:
@@ -346,6 +361,10 @@ def run_receive(args: argparse.Namespace) -> "TransferResult":
     from engine.cli.status import Tracker
     from engine.coordinator.receiver import Receiver
 
+    if args.dest is None:
+        raise UsageError("receive needs DEST, or --serve with --dest-template")
+    if args.dest_template is not None:
+        raise UsageError("--dest-template goes with --serve")
     keys = receiver_keys(args)
     tracker = Tracker("destination", 0, "listening")
     with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
@@ -363,8 +382,12 @@ def run_source(args: argparse.Namespace) -> "TransferResult | LiveResult | VmRes
     from engine.cli.progress import following
     from engine.cli.status import Tracker
     from engine.storage.image import parse_location, source_size
+    from engine.storage.names import name_problem
 
     size = source_size(parse_location(args.src))
+    problem = name_problem(args.name) if getattr(args, "name", "") else None
+    if problem is not None:
+        raise UsageError(f"--name: {problem}")
     vm = args.qemu is not None or getattr(args, "dest_qemu", None) is not None
     live = live_from(args)
     if live is not None and args.resume and not vm:
@@ -399,7 +422,7 @@ def run_once(args: argparse.Namespace, tracker: "Tracker") -> Callable[[], "Tran
 
     def send() -> "TransferResult":
         say_connecting(args.to)
-        with Sender(args.src, args.to, settings, progress=tracker.acked, keys=keys,
+        with Sender(args.src, args.to, settings, progress=tracker.acked, keys=keys, name=args.name,
                     resume=args.resume, max_bandwidth=args.max_bandwidth,
                     connect_timeout=args.connect_timeout) as sender:
             sender.send_range()
@@ -437,7 +460,7 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings, tracker: "Tra
     def send() -> "LiveResult":
         say_connecting(args.to)
         with Sender(args.src, args.to, settings, keys=keys, progress=tracker.acked,
-                    connect_timeout=args.connect_timeout) as sender:
+                    connect_timeout=args.connect_timeout, name=args.name) as sender:
             return run_live(sender, live, pause=pause, resume=source.resume, devices=devices,
                             on_round=on_round)
     return send
@@ -477,7 +500,7 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None, tracker:
             say_connecting(args.to)
             with Sender(args.src, args.to, settings, keys=keys, progress=tracker.acked,
                         max_bandwidth=args.max_bandwidth,
-                        connect_timeout=args.connect_timeout) as sender:
+                        connect_timeout=args.connect_timeout, name=args.name) as sender:
                 return transfer(sender)
     return run_vm
 

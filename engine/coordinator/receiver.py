@@ -36,6 +36,7 @@ from engine.storage.device_files import check_device_folder
 from engine.storage.image import (check_destination, check_free_space, check_not_interrupted,
                                   create_partial, parse_location)
 from engine.storage.journal import Journal
+from engine.storage.names import DestinationTemplate
 from engine.log import detail, warn
 from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
                                           handler_names)
@@ -63,6 +64,15 @@ class Arrival:
     image_size: int
 
 
+@dataclass(frozen=True)
+class Peer:
+    """The sender of the transfer a Receiver serves (or served last), for its log."""
+
+    name: str  # what it announced (send --name), "" if nothing
+    destination: str  # where its image goes
+    key: str  # its CURVE public key (Z85), "" without keys
+
+
 class Receiver:
     """Receives one transfer into `destination` ("PATH" or "shm:NAME").
 
@@ -77,27 +87,41 @@ class Receiver:
     sender sent as device `qemu` is loaded there and the guest runs. A transfer that fails
     never starts it: that QEMU is left waiting, as it was.
     `progress(arrival)` is called on run()'s thread about once a second during a transfer.
+    A `DestinationTemplate` as `destination` serves one transfer after another (call run()
+    again): each goes to the template with the name its sender announced, and a sender
+    without a good name is refused (run() waits on for another). `peer` names the sender of
+    the current (or last) transfer; `on_refused(reason, key)` hears of each sender refused,
+    its key too if it has one (a refused key: on the authenticator's thread).
     """
 
-    def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
+    def __init__(self, destination: str | DestinationTemplate,
+                 listen: str = "tcp://127.0.0.1:0", *,
                  device_dir: str | os.PathLike | None = None,
                  on_device: Callable[[str, int, bytes, bool], None] | None = None,
                  force: bool = False, keys: ServerKeys | None = None,
                  data_ports: int = 0, qemu: str | None = None,
-                 progress: Callable[[Arrival], None] | None = None) -> None:
+                 progress: Callable[[Arrival], None] | None = None,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self.progress = progress
-        self.location = parse_location(destination)
+        self.on_refused = on_refused
+        self.peer: Peer | None = None
+        self.template = destination if isinstance(destination, DestinationTemplate) else None
+        if self.template is not None and (qemu is not None or device_dir is not None):
+            raise UsageError("a receiver that serves a destination template writes each "
+                             "transfer's devices beside it (DEST.devices), and no QEMU")
+        # Each transfer's own with a template: set as its HELLO arrives.
+        self.location = None if self.template else parse_location(destination)
         # With a destination QEMU, DEST is its RAM file: written in place (QEMU has it
         # mapped: a renamed-over file would leave the guest on the old one).
         self.vm = None
         if qemu is not None:
             self.vm = open_destination(qemu, self.location.path)
-        else:
+        elif self.location is not None:
             check_destination(self.location, force)
         self.force = force
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
-        if self._device_folder() is not None:
+        if self.location is not None and self._device_folder() is not None:
             check_device_folder(self._device_folder())
         endpoint = parse_endpoint(listen, allow_any_port=True)
         check_data_ports(data_ports, endpoint.port)
@@ -107,7 +131,8 @@ class Receiver:
         self._authenticator = None
         if keys is not None:  # before any socket binds
             self._authenticator = keys.start_authenticator(
-                self._zmq, "refused a sender whose key is not allowed (--allow); still listening")
+                self._zmq, "refused a sender whose key is not allowed (--allow); still listening",
+                lambda key: self._refused("its key is not allowed (--allow)", key))
         try:
             self._socket, self.endpoint = ControlLink.listen(self._zmq, endpoint, keys)
         except UsageError:
@@ -131,6 +156,13 @@ class Receiver:
 
     def run(self, timeout_s: float | None = None) -> TransferResult:
         """Wait for one sender (up to `timeout_s`, forever if None) and serve its transfer."""
+        try:
+            return self._run(timeout_s)
+        finally:
+            self._end_transfer()  # a template's next transfer starts afresh
+
+    def _run(self, timeout_s: float | None) -> TransferResult:
+        self.peer = None
         hello, identity = self._wait_for_hello(timeout_s)
         link = ControlLink(self._socket, self.endpoint, identity)
         try:
@@ -168,6 +200,13 @@ class Receiver:
     def close(self) -> None:
         """Stop the workers and clean up. After a failure a file destination stays as
         NAME.partial (never under its final name); shared memory is removed."""
+        self._end_transfer()
+        if self.vm is not None:
+            self.vm.close()  # QEMU runs on (or waits on), with its capabilities as they were
+        self._close_zmq()
+
+    def _end_transfer(self) -> None:
+        """Stop the transfer's workers and clean up after it (safe to call again)."""
         if self._workers is not None:
             self._workers.close()
         for path in self._temporary:
@@ -175,18 +214,21 @@ class Receiver:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        if self.vm is not None:
-            self.vm.close()  # QEMU runs on (or waits on), with its capabilities as they were
-        if self.location.shared_memory and self.vm is None:  # not kept for a resume that may not come
+        location = self.location
+        if location is not None and location.shared_memory and self.vm is None:
             for path in (self._partial, self._journal and self._journal.path):
-                if path is not None:
+                if path is not None:  # not kept for a resume that may not come
                     path.unlink(missing_ok=True)
         if self._assembler is not None:
             self._assembler.discard()
         folder = self._owned_device_dir
         if folder is not None and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-        self._close_zmq()
+        self._workers, self._temporary, self._partial, self._journal = None, [], None, None
+        self._assembler, self._owned_device_dir, self._qemu_sink = None, None, None
+        self.resumed_pages = 0
+        if self.template is not None:
+            self.location = None
 
     def _close_zmq(self) -> None:
         if self._authenticator is not None:  # its thread owns sockets of our context
@@ -201,18 +243,41 @@ class Receiver:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
             if not self._socket.poll(wait):
                 raise PeerLost(f"no sender connected to {self.endpoint} within {timeout_s} s")
-            frames = self._socket.recv_multipart()
+            frames = self._socket.recv_multipart(copy=False)
+            key = _user_id(frames[-1]) if self.keys is not None else ""
             try:
                 if len(frames) != 2:
                     raise ProtocolError("HELLO must be a single frame")
-                hello = decode(frames[1], Hello)
+                hello = decode(frames[1].bytes, Hello, Fault)
+                if isinstance(hello, Fault):  # a sender we refused, saying it gives up
+                    detail(f"a sender gave up: {hello.message[:200]}")
+                    continue
                 check_hello(hello, handler_names(), check_codecs)
-                return hello, frames[0]
+                self._aim(hello)
+                self.peer = Peer(name=hello.name, destination=self.location.text, key=key)
+                return hello, frames[0].bytes
             except ProtocolError as exc:
                 # A bad HELLO is refused without ending the wait: it may be a stranger's.
                 warn(f"refused a sender's HELLO: {exc}; still listening")
-                ControlLink(self._socket, self.endpoint, frames[0]).send(
+                self._refused(str(exc), key)
+                ControlLink(self._socket, self.endpoint, frames[0].bytes).send(
                     Fault(message=f"expected HELLO: {exc}"))
+
+    def _aim(self, hello: Hello) -> None:
+        """With a template: this transfer's destination, from the name its sender gave."""
+        if self.template is None:
+            return
+        if not hello.name:
+            raise ProtocolError("this receiver names each transfer's destination after the "
+                                "sender's name: send with --name NAME")
+        try:
+            self.location = parse_location(self.template.resolve(hello.name))
+        except (ValueError, UsageError) as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def _refused(self, reason: str, key: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, key)
 
     def _serve(self, hello: Hello, link: ControlLink) -> TransferResult:
         started = time.perf_counter()
@@ -463,3 +528,12 @@ class _Transfer:
 
 def _pages(count: int) -> str:
     return f"{count} page" if count == 1 else f"{count} pages"
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The public key (Z85) the authenticator let this message's sender in with: zmq.auth
+    makes a CURVE client's key its User-Id."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""
