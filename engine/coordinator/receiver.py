@@ -35,7 +35,7 @@ from engine.storage.aliases import destination_writes, refuse_aliases
 from engine.storage.device_files import check_device_folder
 from engine.storage.image import (check_destination, check_free_space, check_not_interrupted,
                                   create_partial, parse_location)
-from engine.storage.journal import Journal
+from engine.storage.journal import AppliedCount, Journal
 from engine.storage.names import DestinationTemplate
 from engine.log import detail, warn
 from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
@@ -439,6 +439,7 @@ class _Transfer:
         self.complete: Complete | None = None
         self.final = FinalRound(size, len(ports), verify)
         self.progress = progress
+        self.applied = AppliedCount(journal)
         self.next_report = 0.0
 
     def run(self) -> tuple[Complete, str]:
@@ -458,7 +459,7 @@ class _Transfer:
         if self.progress is None or time.monotonic() < self.next_report:
             return
         self.next_report = time.monotonic() + PROGRESS_S
-        done = min(self.size, self.journal.applied_pages() * PAGE_SIZE)
+        done = min(self.size, self.applied.look() * PAGE_SIZE)
         self.progress(Arrival(phase="verifying" if self.complete else "receiving",
                               round=self.barrier.round, image_bytes=done, image_size=self.size))
 
