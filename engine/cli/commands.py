@@ -454,13 +454,14 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings, tracker: "Tra
                                     resume=source.resume, devices=devices,
                                     device_dir=args.device_dir, force=args.force,
                                     on_round=on_round, connect_timeout=args.connect_timeout,
-                                    progress=tracker.acked)
+                                    progress=tracker.acked, max_bandwidth=args.max_bandwidth)
     keys = sender_keys(args)
 
     def send() -> "LiveResult":
         say_connecting(args.to)
         with Sender(args.src, args.to, settings, keys=keys, progress=tracker.acked,
-                    connect_timeout=args.connect_timeout, name=args.name) as sender:
+                    max_bandwidth=args.max_bandwidth, connect_timeout=args.connect_timeout,
+                    name=args.name) as sender:
             return run_live(sender, live, pause=pause, resume=source.resume, devices=devices,
                             on_round=on_round)
     return send

@@ -74,15 +74,17 @@ def migrate_live(source: str, destination: str, settings: TransferSettings = Tra
                  device_dir: str | os.PathLike | None = None, force: bool = False,
                  on_round: Callable[[RoundReport], None] | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT_S,
-                 progress: Callable[[Acked], None] | None = None) -> LiveResult:
+                 progress: Callable[[Acked], None] | None = None,
+                 max_bandwidth: int | str | None = None) -> LiveResult:
     """Migrate a running source to `destination` on this machine (see run_live);
-    `progress`: the Sender's, called for every round's acknowledged units."""
+    `progress`: the Sender's, called for every round's acknowledged units; `max_bandwidth`:
+    as migrate()'s."""
     check_inputs(source, destination, None if callable(devices) else devices, device_dir, force)
     return run_locally(source, destination,
                        lambda sender: run_live(sender, live, pause=pause, resume=resume,
                                                devices=devices, on_round=on_round),
                        settings, device_dir, force, progress,
-                       connect_timeout=connect_timeout)
+                       max_bandwidth=max_bandwidth, connect_timeout=connect_timeout)
 
 
 def run_live(sender: Sender, live: LiveSettings = LiveSettings(), *,
