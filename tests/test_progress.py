@@ -13,6 +13,7 @@ import time
 import psutil
 
 from test_cli import in_a_terminal, last_json, start_receiver
+from test_live import writer  # noqa: F401  (the fixture: a process that keeps writing)
 from test_reliability import wait_for_progress
 
 MiB = 1 << 20
@@ -122,3 +123,20 @@ def _alive(processes: list[psutil.Process], wait_s: float = 5.0) -> list[psutil.
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
+
+
+def test_a_live_migration_reports_its_rounds_dirty_rate_and_expected_downtime(writer,
+                                                                              tmp_path):
+    region, process = writer(16 * MiB, pause_s=0.01)  # dirties every page all the time
+    run = subprocess.run([sys.executable, "-m", "engine", "migrate", str(region),
+                          str(tmp_path / "dst"), "--live", "--pause-pid", str(process.pid),
+                          "--max-rounds", "2", "--downtime-limit", "1", "--max-bandwidth", "8M",
+                          "--progress", "json", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = progress_lines(run.stderr)
+    assert {line["phase"] for line in lines} <= {"starting", "precopy", "switchover"}
+    later = [line for line in lines if line["round"] >= 1]
+    assert later and all(line["dirty_rate"] > 0 and line["expected_downtime_ms"] > 1
+                         for line in later), run.stderr
+    assert last_json(run.stdout)["converged"] is False
