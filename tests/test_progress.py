@@ -96,8 +96,8 @@ def test_sigusr1_prints_a_status_line_and_the_transfer_goes_on(image, tmp_path):
     out, err = migrate.communicate(timeout=120)
     assert migrate.returncode == 0, err
     assert re.search(r"^multifd: (starting|copying|finishing), round 0: [\d.,]+ [KM]iB of "
-                     r"64\.0 MiB image in [\d.]+ s; [\d.,]+ [KM]iB on the wire; [\d.,]+ [KM]iB/s image, "
-                     r"[\d.,]+ [KM]iB/s wire", err, re.MULTILINE), err
+                     r"64\.0 MiB image in [\d.]+ s; [\d.,]+ [KM]iB on the wire; "
+                     r"[\d.,]+ [KM]iB/s image, [\d.,]+ [KM]iB/s wire", err, re.MULTILINE), err
     assert last_json(out)["ok"] is True
     assert helpers and not _alive(helpers), "the forkserver or a worker outlived the command"
 

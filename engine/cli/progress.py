@@ -28,7 +28,7 @@ _current: list[Callable[[], Status]] = []
 
 def print_status(signum: int = 0, frame: Any = None) -> None:
     """The SIGUSR1 handler: one line on stderr, at any verbosity (it was asked for)."""
-    line = _current[-1]().line() if _current else "starting"
+    line = _current[-1]().line() if _current else "no transfer under way"
     print(f"multifd: {line}", file=sys.stderr, flush=True)
 
 
