@@ -9,6 +9,7 @@ display is current, or what the command is doing before there is one.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -29,7 +30,10 @@ _current: list[Callable[[], Status]] = []
 def print_status(signum: int = 0, frame: Any = None) -> None:
     """The SIGUSR1 handler: one line on stderr, at any verbosity (it was asked for)."""
     line = _current[-1]().line() if _current else "no transfer under way"
-    print(f"multifd: {line}", file=sys.stderr, flush=True)
+    try:  # through sys.stderr: a bar on the terminal puts the line above itself
+        print(f"multifd: {line}", file=sys.stderr, flush=True)
+    except RuntimeError:  # the signal came in the middle of a write to stderr
+        os.write(2, f"multifd: {line}\n".encode())
 
 
 def resolve(mode: str) -> str:
