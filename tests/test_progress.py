@@ -103,15 +103,16 @@ def test_sigusr1_prints_a_status_line_and_the_transfer_goes_on(image, tmp_path):
 
 
 def test_sigusr1_before_the_receiver_answers_shows_nothing_done_yet(image, tmp_path):
+    # Nobody answers: the sender gives up after its connect timeout. (Not Ctrl-C: one that
+    # lands while the sender dials can leave it waiting in zmq's Context.term for ever.)
     send = subprocess.Popen([sys.executable, "-m", "engine", "send", str(image(MiB)), "--to",
-                             free_endpoint(), "--connect-timeout", "60"],
+                             free_endpoint(), "--connect-timeout", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "connecting to" in send.stderr.readline()
     send.send_signal(signal.SIGUSR1)
     assert send.stderr.readline().startswith("multifd: starting, round 0: 0 B of 1.0 MiB image")
-    send.send_signal(signal.SIGINT)
-    send.communicate(timeout=60)
-    assert send.returncode == 130
+    _, err = send.communicate(timeout=60)
+    assert send.returncode == 1 and "no receiver answered" in err, err
 
 
 def _alive(processes: list[psutil.Process], wait_s: float = 5.0) -> list[psutil.Process]:
