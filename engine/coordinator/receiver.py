@@ -50,6 +50,10 @@ from engine.settings import MAX_CHANNELS, PAGE_SIZE
 
 # How often a receiver reads its journal's page states for `progress`.
 PROGRESS_S = 1.0
+# The longest single wait for a HELLO: a signal (SIGTERM) that the kernel hands to one of
+# zmq's threads does not interrupt the main thread's poll, so its handler runs only once
+# that poll returns (a receiver waiting for ever ignored `systemctl stop` now and then).
+WAIT_SLICE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -240,9 +244,11 @@ class Receiver:
     def _wait_for_hello(self, timeout_s: float | None) -> tuple[Hello, bytes]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-            if not self._socket.poll(wait):
+            left = WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 raise PeerLost(f"no sender connected to {self.endpoint} within {timeout_s} s")
+            if not self._socket.poll(1000 * min(left, WAIT_SLICE_S)):
+                continue
             frames = self._socket.recv_multipart(copy=False)
             key = _user_id(frames[-1]) if self.keys is not None else ""
             try:
