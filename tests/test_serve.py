@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import re
 import shlex
 import signal
@@ -13,7 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import zmq
 import zmq.auth
+
+from engine.settings import TransferSettings
+from engine.wire.framing import decode, encode
+from engine.wire.protocol import SESSION_BYTES, Fault, new_hello
 
 from test_cli import assert_usage_error, multifd
 from test_reliability import wait_for_progress
@@ -149,3 +155,22 @@ def test_the_example_unit_starts_a_serving_receiver_with_options_it_takes():
     shown = multifd("receive", "--help").stdout
     assert all(word in shown for word in words if word.startswith("--"))
     assert "SuccessExitStatus=143" in unit
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/b", "..", "x" * 65])
+def test_a_hello_whose_name_could_leave_the_template_is_refused_and_logged(tmp_path, name):
+    server, endpoint = start_server(str(tmp_path / "in" / "{name}"))
+    context = zmq.Context()
+    try:
+        peer = context.socket(zmq.DEALER)  # a hand-made sender: `send --name` refuses these
+        peer.connect(endpoint)
+        peer.send(encode(new_hello(os.urandom(SESSION_BYTES), 4096, TransferSettings(),
+                                   ["ram"], name=name)))
+        assert peer.poll(30_000), "the receiver did not answer"
+        answer = decode(peer.recv(), Fault)
+    finally:
+        context.destroy(linger=0)
+    log, _ = stop(server)
+    assert "transfer name" in answer.message
+    assert [line["event"] for line in log] == ["refused"] and "transfer name" in log[0]["reason"]
+    assert list(tmp_path.iterdir()) == []  # nothing written, inside the template or out
