@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 
@@ -52,15 +52,19 @@ class ServerKeys:
         socket.curve_publickey = self.public
         socket.curve_secretkey = self.secret
 
-    def start_authenticator(self, context: zmq.Context, refusal: str) -> "ThreadAuthenticator":
+    def start_authenticator(self, context: zmq.Context, refusal: str,
+                            on_refused: Callable[[str], None] | None = None
+                            ) -> "ThreadAuthenticator":
         """Admit only `allowed` keys on every CURVE server socket of `context`; print
-        `refusal` on stderr for each connection refused. Start it before any socket binds:
+        `refusal` on stderr for each connection refused, and hand `on_refused` the refused
+        public key (Z85), on the authenticator's thread. Start it before any socket binds:
         without a ZAP handler libzmq admits every client."""
         # Here, not at the top: it imports asyncio, tens of ms that a plain transfer never uses.
         from zmq.auth.thread import ThreadAuthenticator
         authenticator = ThreadAuthenticator(context)
         authenticator.start()
-        authenticator.configure_curve_callback("*", _AllowList(self.allowed, refusal))
+        authenticator.configure_curve_callback("*", _AllowList(self.allowed, refusal,
+                                                               on_refused))
         return authenticator
 
 
@@ -87,14 +91,19 @@ class ClientKeys:
 class _AllowList:
     """ZAP credentials provider (zmq.auth's callback protocol) that reports each refusal."""
 
-    def __init__(self, allowed: frozenset[bytes], refusal: str) -> None:
+    def __init__(self, allowed: frozenset[bytes], refusal: str,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.allowed = allowed
         self.refusal = refusal
+        self.on_refused = on_refused
 
     def callback(self, domain: str, key: bytes) -> bool:
+        """`key`: the client's public key, Z85-encoded (zmq.auth's convention)."""
         if key in self.allowed:
             return True
         warn(self.refusal)
+        if self.on_refused is not None:
+            self.on_refused(key.decode("ascii", "replace"))
         return False
 
 
@@ -112,6 +121,13 @@ def load_server_keys(secret_file: str | os.PathLike, allow_dir: str | os.PathLik
         raise UsageError(f"--allow {folder}: no public key files (*{PUBLIC_SUFFIX}) in it, "
                          "so no sender could connect")
     return ServerKeys(public=public, secret=secret, allowed=allowed)
+
+
+def key_names(allow_dir: str | os.PathLike) -> dict[str, str]:
+    """Each allowed sender's public key (Z85) and the name of its file (NAME.key: NAME), to
+    say in a log whose key a transfer came with."""
+    return {_read_public(path).decode("ascii"): path.name[:-len(PUBLIC_SUFFIX)]
+            for path in sorted(Path(allow_dir).glob("*" + PUBLIC_SUFFIX))}
 
 
 def load_client_keys(secret_file: str | os.PathLike,

@@ -157,17 +157,19 @@ def test_the_receiver_and_sender_snippets_run_as_two_scripts(tmp_path, snippet):
 
 # -- the README's command synopsis is what --help says ----------------------------------------
 
-def synopsis() -> dict[str, str]:
-    """Each command of the README's "Command line" block and its (joined) synopsis."""
+def synopsis() -> list[tuple[str, str]]:
+    """Each command of the README's "Command line" block and its (joined) synopsis, one
+    pair per line (a command may have several: receive, receive --serve)."""
     block = (ROOT / "README.md").read_text().split("## Command line\n\n```sh\n", 1)[1]
     lines = block.split("```", 1)[0].replace("\\\n", " ").splitlines()
-    return {line.split()[3]: line for line in lines if re.match(r"python -m engine \w", line)}
+    return [(line.split()[3], line) for line in lines if re.match(r"python -m engine \w", line)]
 
 
 def test_the_readme_synopsis_names_options_and_values_as_help_does():
     commands = synopsis()
-    assert set(commands) == {"migrate", "receive", "send", "keygen", "demo"}
-    for command, line in commands.items():
+    assert {command for command, _ in commands} == {"migrate", "receive", "send", "keygen",
+                                                    "demo"}
+    for command, line in commands:
         shown = subprocess.run([sys.executable, "-m", "engine", command, "--help"], cwd=ROOT,
                                capture_output=True, text=True, timeout=30).stdout
         shown = " ".join(shown.split())  # argparse wraps lines where it likes

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from engine import __version__, log
 from engine.cli.failure import Failure
+from engine.cli.progress import print_status
 from engine.coordinator import forkserver
 from engine.wire.endpoint import parse_endpoint
 from engine.errors import Interrupted, UsageError
@@ -26,8 +27,9 @@ from engine.settings import (CONNECT_TIMEOUT_S, DEFAULT_CHANNELS, DEFAULT_CHUNK_
                              check_bandwidth)
 
 if TYPE_CHECKING:
+    from engine.cli.status import Tracker
     from engine.live.rounds import RoundReport
-    from engine.coordinator.result import LiveResult, VmResult
+    from engine.coordinator.result import LiveResult, TransferResult, VmResult
 from engine.units import parse_size
 
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="encrypt loopback too (CURVE, fresh keys for this transfer)")
     _add_qemu_option(migrate, "--qemu", "source")
     _add_qemu_option(migrate, "--dest-qemu", "destination")
+    _add_progress_option(migrate)
 
     send = commands.add_parser("send", parents=common, help="send SRC to a waiting receiver")
     send.add_argument("src", metavar="SRC", help="source image: a file or shm:NAME")
@@ -91,13 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--key", metavar="SECRET",
                       help="our secret key (NAME.key_secret), whose public half the receiver "
                       "allows")
+    send.add_argument("--name", default="", metavar="NAME",
+                      help="this transfer's name, after which a receiver started with --serve "
+                      "names the destination (letters, digits, '.', '_', '-')")
     _add_sender_options(send)
     _add_live_options(send)
     _add_qemu_option(send, "--qemu", "source")
+    _add_progress_option(send)
 
     receive = commands.add_parser("receive", parents=common,
-                                  help="wait for one transfer into DEST")
-    receive.add_argument("dest", metavar="DEST", help="destination image: a file or shm:NAME")
+                                  help="wait for one transfer into DEST (or serve many: "
+                                  "--serve)")
+    receive.add_argument("dest", metavar="DEST", nargs="?",
+                         help="destination image: a file or shm:NAME")
+    receive.add_argument("--serve", action="store_true",
+                         help="keep serving: one transfer after another, each into "
+                         "--dest-template with the name its sender gave (send --name); one "
+                         "JSON line per transfer on stdout; SIGTERM stops")
+    receive.add_argument("--dest-template", metavar="TEMPLATE",
+                         help="with --serve: each transfer's DEST, {name} standing for the "
+                         "sender's name, e.g. '/dev/shm/{name}'")
     receive.add_argument("--listen", required=True, metavar="tcp://HOST:PORT",
                          help="control endpoint to listen on (port 0: any free port)")
     receive.add_argument("--key", metavar="SECRET",
@@ -110,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="channel i listens on port START+i (default: any free ports)")
     _add_qemu_option(receive, "--qemu", "destination")
     _add_receiver_options(receive)
+    _add_progress_option(receive)
 
     keygen = commands.add_parser("keygen", parents=common, help="write a CURVE key pair: "
                                  "DIR/NAME.key (public) and DIR/NAME.key_secret (owner-only)")
@@ -221,6 +238,14 @@ def _add_qemu_option(p: argparse.ArgumentParser, flag: str, side: str) -> None:
     p.add_argument(flag, metavar="QMP_SOCKET", help=help)
 
 
+def _add_progress_option(p: argparse.ArgumentParser) -> None:
+    from engine.cli.progress import MODES
+    p.add_argument("--progress", choices=MODES, default="auto", metavar="MODE",
+                   help="how to follow the transfer on stderr: bar, json (one JSON line a "
+                   "second, whatever stderr is) or none (default auto: the bar on a "
+                   "terminal); kill -USR1 PID prints one status line at any time")
+
+
 def _add_receiver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-dir", metavar="DIR",
                    help="folder for received device state (default DEST.devices)")
@@ -305,12 +330,7 @@ def sender_keys(args: argparse.Namespace) -> ClientKeys | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.coordinator.receiver import Receiver
-    from engine.storage.image import parse_location, source_size
-    from engine.coordinator.local import check_inputs, migrate
-    from engine.cli.progress import progress_bar
     from engine.cli.summary import json_line, print_summary
-    from engine.coordinator.sender import Sender
 
     if args.command == "demo":
         from engine.cli.demo import run_demo
@@ -323,42 +343,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from engine.tools.bench.command import run as run_bench
         return run_bench(args)
+    if args.command == "receive" and args.serve:
+        from engine.cli.serve import serve
+        return serve(args, receiver_keys(args))
     if args.command == "receive":
-        keys = receiver_keys(args)
-        with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
-                      keys=keys, data_ports=args.data_ports, qemu=args.qemu) as receiver:
-            note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
-            log.notice(f"listening on {receiver.endpoint}{note}")
-            result = receiver.run()
-    elif args.qemu is not None or getattr(args, "dest_qemu", None) is not None:
-        result = run_vm_command(args, live_from(args))
-    elif (live := live_from(args)) is not None:
-        if args.resume:
-            raise UsageError("--resume continues a one-pass transfer; it does not apply to --live")
-        result = run_live_command(args, live)
+        result = run_receive(args)
     else:
-        settings = settings_from(args)
-        devices = devices_from(args.device)
-        keys = sender_keys(args) if args.command == "send" else None
-        size = source_size(parse_location(args.src))
-        if args.command == "migrate":  # before a progress bar shows
-            check_inputs(args.src, args.dest, devices, args.device_dir, args.force, args.resume)
-        with progress_bar(size, "migrating" if args.command == "migrate" else "sending") as tick:
-            if args.command == "migrate":
-                result = migrate(args.src, args.dest, settings, devices=devices,
-                                 device_dir=args.device_dir, force=args.force, progress=tick,
-                                 curve=args.curve, resume=args.resume,
-                                 max_bandwidth=args.max_bandwidth,
-                                 connect_timeout=args.connect_timeout)
-            else:
-                say_connecting(args.to)
-                with Sender(args.src, args.to, settings, progress=tick, keys=keys,
-                            resume=args.resume, max_bandwidth=args.max_bandwidth,
-                            connect_timeout=args.connect_timeout) as sender:
-                    sender.send_range()
-                    for name, path in devices.items():
-                        sender.send_device(name, path)
-                    result = sender.finish()
+        result = run_source(args)
     if args.json:
         print(json_line(result), flush=True)
     elif log.verbosity() > log.QUIET:
@@ -366,7 +357,85 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResult":
+def run_receive(args: argparse.Namespace) -> "TransferResult":
+    """`receive`: one transfer into DEST, followed as --progress says."""
+    from engine.cli.progress import following
+    from engine.cli.status import Tracker
+    from engine.coordinator.receiver import Receiver
+
+    if args.dest is None:
+        raise UsageError("receive needs DEST, or --serve with --dest-template")
+    if args.dest_template is not None:
+        raise UsageError("--dest-template goes with --serve")
+    keys = receiver_keys(args)
+    tracker = Tracker("destination", 0, "listening")
+    with Receiver(args.dest, args.listen, device_dir=args.device_dir, force=args.force,
+                  keys=keys, data_ports=args.data_ports, qemu=args.qemu,
+                  progress=tracker.arrived) as receiver:
+        note = f" (encrypted; sender keys allowed: {len(keys.allowed)})" if keys else ""
+        log.notice(f"listening on {receiver.endpoint}{note}")
+        with following(tracker, args.progress, "receiving"):
+            return receiver.run()
+
+
+def run_source(args: argparse.Namespace) -> "TransferResult | LiveResult | VmResult":
+    """`migrate` and `send`, in one pass, live or of a QEMU VM, followed as --progress says
+    (the source's view: it knows the wire bytes and the live rounds)."""
+    from engine.cli.progress import following
+    from engine.cli.status import Tracker
+    from engine.storage.image import parse_location, source_size
+    from engine.storage.names import name_problem
+
+    size = source_size(parse_location(args.src))
+    problem = name_problem(args.name) if getattr(args, "name", "") else None
+    if problem is not None:
+        raise UsageError(f"--name: {problem}")
+    vm = args.qemu is not None or getattr(args, "dest_qemu", None) is not None
+    live = live_from(args)
+    if live is not None and args.resume and not vm:
+        raise UsageError("--resume continues a one-pass transfer; it does not apply to --live")
+    tracker = Tracker("source", size, "starting", live=live is not None)
+    label = "migrating" if args.command == "migrate" else "sending"
+    if vm:
+        run_checked = run_vm_command(args, live, tracker)
+    elif live is not None:
+        run_checked = run_live_command(args, live, tracker)
+    else:
+        run_checked = run_once(args, tracker)
+    with following(tracker, args.progress, label):  # once the inputs checked out
+        return run_checked()
+
+
+def run_once(args: argparse.Namespace, tracker: "Tracker") -> Callable[[], "TransferResult"]:
+    """`migrate` / `send` in one pass: checks the inputs, returns what runs the transfer."""
+    from engine.coordinator.local import check_inputs, migrate
+    from engine.coordinator.sender import Sender
+
+    settings = settings_from(args)
+    devices = devices_from(args.device)
+    if args.command == "migrate":
+        check_inputs(args.src, args.dest, devices, args.device_dir, args.force, args.resume)
+        return lambda: migrate(args.src, args.dest, settings, devices=devices,
+                               device_dir=args.device_dir, force=args.force,
+                               progress=tracker.acked, curve=args.curve, resume=args.resume,
+                               max_bandwidth=args.max_bandwidth,
+                               connect_timeout=args.connect_timeout)
+    keys = sender_keys(args)
+
+    def send() -> "TransferResult":
+        say_connecting(args.to)
+        with Sender(args.src, args.to, settings, progress=tracker.acked, keys=keys, name=args.name,
+                    resume=args.resume, max_bandwidth=args.max_bandwidth,
+                    connect_timeout=args.connect_timeout) as sender:
+            sender.send_range()
+            for name, path in devices.items():
+                sender.send_device(name, path)
+            return sender.finish()
+    return send
+
+
+def run_live_command(args: argparse.Namespace, live: LiveSettings, tracker: "Tracker"
+                     ) -> Callable[[], "LiveResult"]:
     """`migrate --live` / `send --live`: rounds while the source runs, one line per round."""
     from engine.live.rounds import migrate_live, run_live
     from engine.live.pause import CommandPause, ProcessPause
@@ -376,20 +445,32 @@ def run_live_command(args: argparse.Namespace, live: LiveSettings) -> "LiveResul
     devices = devices_from(args.device)
     source = (ProcessPause(args.pause_pid) if args.pause_pid is not None
               else CommandPause(args.pause_cmd, args.resume_cmd))
-    on_round = _round_printer()
+    on_round = _round_printer(tracker)
+
+    def pause() -> None:
+        tracker.phase = "switchover"
+        source.pause()
+
     if args.command == "migrate":
-        return migrate_live(args.src, args.dest, settings, live, pause=source.pause,
-                            resume=source.resume, devices=devices, device_dir=args.device_dir,
-                            force=args.force, on_round=on_round,
-                            connect_timeout=args.connect_timeout)
-    say_connecting(args.to)
-    with Sender(args.src, args.to, settings, keys=sender_keys(args),
-                connect_timeout=args.connect_timeout) as sender:
-        return run_live(sender, live, pause=source.pause, resume=source.resume, devices=devices,
-                        on_round=on_round)
+        return lambda: migrate_live(args.src, args.dest, settings, live, pause=pause,
+                                    resume=source.resume, devices=devices,
+                                    device_dir=args.device_dir, force=args.force,
+                                    on_round=on_round, connect_timeout=args.connect_timeout,
+                                    progress=tracker.acked, max_bandwidth=args.max_bandwidth)
+    keys = sender_keys(args)
+
+    def send() -> "LiveResult":
+        say_connecting(args.to)
+        with Sender(args.src, args.to, settings, keys=keys, progress=tracker.acked,
+                    max_bandwidth=args.max_bandwidth, connect_timeout=args.connect_timeout,
+                    name=args.name) as sender:
+            return run_live(sender, live, pause=pause, resume=source.resume, devices=devices,
+                            on_round=on_round)
+    return send
 
 
-def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmResult":
+def run_vm_command(args: argparse.Namespace, live: LiveSettings | None, tracker: "Tracker"
+                   ) -> Callable[[], "VmResult"]:
     """`migrate/send --qemu`: a QEMU guest, paused for the copy or live (--live)."""
     from engine.storage.image import parse_location
     from engine.coordinator.local import check_inputs, run_locally
@@ -403,24 +484,28 @@ def run_vm_command(args: argparse.Namespace, live: LiveSettings | None) -> "VmRe
         raise UsageError("--resume does not apply to --qemu: migrate the running VM again")
     settings = settings_from(args)
     devices = devices_from(args.device)
-    on_round = _round_printer()
+    on_round = _round_printer(tracker)
     if args.command == "migrate":
         check_inputs(args.src, args.dest, devices, args.device_dir, args.force,
                      in_place=args.dest_qemu is not None)
-    with open_source(args.qemu, parse_location(args.src).path) as vm:
-        def transfer(sender: Sender) -> "VmResult":
-            return migrate_vm(sender, vm, live, devices, on_round)
+    keys = sender_keys(args) if args.command == "send" else None
 
-        if args.command == "migrate":
-            return run_locally(args.src, args.dest, transfer, settings, args.device_dir,
-                               args.force, curve=args.curve,
-                               max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu,
-                               connect_timeout=args.connect_timeout)
-        say_connecting(args.to)
-        with Sender(args.src, args.to, settings, keys=sender_keys(args),
-                    max_bandwidth=args.max_bandwidth,
-                    connect_timeout=args.connect_timeout) as sender:
-            return transfer(sender)
+    def run_vm() -> "VmResult":
+        with open_source(args.qemu, parse_location(args.src).path) as vm:
+            def transfer(sender: Sender) -> "VmResult":
+                return migrate_vm(sender, vm, live, devices, on_round)
+
+            if args.command == "migrate":
+                return run_locally(args.src, args.dest, transfer, settings, args.device_dir,
+                                   args.force, progress=tracker.acked, curve=args.curve,
+                                   max_bandwidth=args.max_bandwidth, dest_qemu=args.dest_qemu,
+                                   connect_timeout=args.connect_timeout)
+            say_connecting(args.to)
+            with Sender(args.src, args.to, settings, keys=keys, progress=tracker.acked,
+                        max_bandwidth=args.max_bandwidth,
+                        connect_timeout=args.connect_timeout, name=args.name) as sender:
+                return transfer(sender)
+    return run_vm
 
 
 def say_connecting(to: str) -> None:
@@ -429,12 +514,17 @@ def say_connecting(to: str) -> None:
     log.notice(f"connecting to {to}")
 
 
-def _round_printer() -> Callable[["RoundReport"], None] | None:
-    """One line per live round: on a terminal, or anywhere with -v."""
+def _round_printer(tracker: "Tracker") -> Callable[["RoundReport"], None]:
+    """Each live round's report to the tracker, and one line per round: on a terminal, or
+    anywhere with -v."""
     level = log.verbosity()
-    if level == log.VERBOSE or (level == log.NORMAL and sys.stderr.isatty()):
-        return lambda report: log.notice(str(report))
-    return None
+    printing = level == log.VERBOSE or (level == log.NORMAL and sys.stderr.isatty())
+
+    def on_round(report: "RoundReport") -> None:
+        tracker.on_round(report)
+        if printing:
+            log.notice(str(report))
+    return on_round
 
 
 def print_versions() -> None:
@@ -469,6 +559,7 @@ def console_main() -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGUSR1, print_status)  # a status line, as dd prints; never a kill
     args = None
     try:
         args = build_parser().parse_args(argv)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from engine import log
 from engine.coordinator.local import migrate
-from engine.cli.progress import progress_bar
+from engine.cli.progress import following
+from engine.cli.status import Tracker
 from engine.cli.summary import json_line, print_summary
 from engine.tools.samples import sample_bytes, write_sample
 from engine.settings import TransferSettings
@@ -35,8 +36,9 @@ def run_demo(size_text: str, as_json: bool) -> int:
         devices = {"cpu": sample_bytes(256 << 10, kind="binary", seed=1),
                    "virtio-net": sample_bytes(5 << 20, kind="mixed", seed=2)}
         settings = TransferSettings(channels=2, compress="zstd:1")
-        with progress_bar(size, "migrating") as tick:
-            result = migrate(str(src), str(dst), settings, devices=devices, progress=tick)
+        with following(Tracker("source", size, "starting"), "auto", "migrating") as tracker:
+            result = migrate(str(src), str(dst), settings, devices=devices,
+                             progress=tracker.acked)
         same = filecmp.cmp(src, dst, shallow=False) and all(
             (folder / "copy.ram.devices" / name).read_bytes() == data
             for name, data in devices.items())

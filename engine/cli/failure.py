@@ -55,6 +55,8 @@ def resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
     if args.command not in ("migrate", "send", "receive") or getattr(args, "live", False) \
             or getattr(args, "qemu", None) is not None:
         return ""
+    if getattr(args, "serve", False):  # an interrupted transfer's log line says what it kept
+        return ""
     if args.command == "send":
         return (f"; to continue, start the receiver on the same DEST again and run: "
                 f"{_again(argv, '--resume')}")

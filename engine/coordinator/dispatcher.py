@@ -76,13 +76,26 @@ class ScanMarker(Marker):
     requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
+class Acked(int):
+    """The image bytes of the units just acknowledged, as the int a progress callback has
+    always been given, carrying `wire`: the bytes their packets took on the wire (no zero
+    pages, compressed, device chunks included), so that a display can show both rates."""
+
+    wire: int
+
+    def __new__(cls, image: int, wire: int) -> "Acked":
+        acked = super().__new__(cls, image)
+        acked.wire = wire
+        return acked
+
+
 class Dispatcher:
     def __init__(self, workers: WorkerGroup, control: ControlLink, endpoints: list[str],
                  settings: TransferSettings, image_size: int,
                  page_hashes: Callable[[], np.ndarray],
-                 progress: Callable[[int], None] | None) -> None:
+                 progress: Callable[[Acked], None] | None) -> None:
         """`endpoints`: each channel's destination; `page_hashes()`: what the source workers
-        folded; `progress(image_bytes)` is called as units are acknowledged."""
+        folded; `progress(acked)` is called as units are acknowledged."""
         self.workers = workers
         self.control = control
         self.endpoints = endpoints
@@ -209,8 +222,8 @@ class Dispatcher:
     def on_worker(self, channel: int, msg: Any) -> None:
         if isinstance(msg, jobs.Credit):
             done = self.in_flight[channel].acked(msg.acked)
-            if self.progress is not None and done:
-                self.progress(done)
+            if self.progress is not None and (done or msg.bytes):
+                self.progress(Acked(done, msg.bytes))
         elif isinstance(msg, jobs.Hashed):
             self.final.answered(channel, msg)
             if self.final.done:

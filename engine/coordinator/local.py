@@ -20,6 +20,7 @@ from engine.storage.image import (check_destination, check_free_space, check_not
                                   parse_location, source_size, stored_bytes)
 from engine.security import ephemeral_keys
 from engine.settings import CONNECT_TIMEOUT_S, TransferSettings
+from engine.coordinator.dispatcher import Acked
 from engine.coordinator.sender import Sender, check_device
 
 RECEIVER_JOIN_S = 10.0
@@ -29,7 +30,7 @@ R = TypeVar("R")
 def migrate(source: str, destination: str, settings: TransferSettings = TransferSettings(),
             devices: Mapping[str, bytes | str | os.PathLike] | None = None,
             device_dir: str | os.PathLike | None = None, force: bool = False,
-            progress: Callable[[int], None] | None = None,
+            progress: Callable[[Acked], None] | None = None,
             curve: bool = False, resume: bool = False,
             max_bandwidth: int | str | None = None,
             connect_timeout: float = CONNECT_TIMEOUT_S) -> TransferResult:
@@ -94,7 +95,7 @@ def check_inputs(source: str, destination: str,
 def run_locally(source: str, destination: str, transfer: Callable[[Sender], R],
                 settings: TransferSettings = TransferSettings(),
                 device_dir: str | os.PathLike | None = None, force: bool = False,
-                progress: Callable[[int], None] | None = None, curve: bool = False,
+                progress: Callable[[Acked], None] | None = None, curve: bool = False,
                 resume: bool = False, max_bandwidth: int | str | None = None,
                 dest_qemu: str | None = None,
                 connect_timeout: float = CONNECT_TIMEOUT_S) -> R:

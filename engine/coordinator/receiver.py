@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,8 @@ from engine.storage.aliases import destination_writes, refuse_aliases
 from engine.storage.device_files import check_device_folder
 from engine.storage.image import (check_destination, check_free_space, check_not_interrupted,
                                   create_partial, parse_location)
-from engine.storage.journal import Journal
+from engine.storage.journal import AppliedCount, Journal
+from engine.storage.names import DestinationTemplate
 from engine.log import detail, warn
 from engine.coordinator.processes import (ChannelLost, Recovery, WorkerGroup, check_codecs,
                                           handler_names)
@@ -45,8 +46,35 @@ from engine.wire.protocol import (Complete, Fault, Heartbeat, Hello, Synced, Ver
 from engine.coordinator.final_round import FinalRound
 from engine.coordinator.result import TransferResult, transfer_result
 from engine.security import ServerKeys
-from engine.settings import MAX_CHANNELS
+from engine.settings import MAX_CHANNELS, PAGE_SIZE
 
+# How often a receiver reads its journal's page states for `progress`.
+PROGRESS_S = 1.0
+# The longest single wait for a HELLO: a signal (SIGTERM) that the kernel hands to one of
+# zmq's threads does not interrupt the main thread's poll, so its handler runs only once
+# that poll returns (a receiver waiting for ever ignored `systemctl stop` now and then).
+WAIT_SLICE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What the destination has so far: destination workers send their coordinator nothing
+    per packet, so this is read from the journal's page states (pages applied, resumed ones
+    included) and the barrier (rounds released). The wire bytes are only known at the end."""
+
+    phase: str  # "receiving", then "verifying" once COMPLETE arrived
+    round: int
+    image_bytes: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The sender of the transfer a Receiver serves (or served last), for its log."""
+
+    name: str  # what it announced (send --name), "" if nothing
+    destination: str  # where its image goes
+    key: str  # its CURVE public key (Z85), "" without keys
 
 
 class Receiver:
@@ -62,25 +90,42 @@ class Receiver:
     `destination`; the image is written in place and, once verified, the device state the
     sender sent as device `qemu` is loaded there and the guest runs. A transfer that fails
     never starts it: that QEMU is left waiting, as it was.
+    `progress(arrival)` is called on run()'s thread about once a second during a transfer.
+    A `DestinationTemplate` as `destination` serves one transfer after another (call run()
+    again): each goes to the template with the name its sender announced, and a sender
+    without a good name is refused (run() waits on for another). `peer` names the sender of
+    the current (or last) transfer; `on_refused(reason, key)` hears of each sender refused,
+    its key too if it has one (a refused key: on the authenticator's thread).
     """
 
-    def __init__(self, destination: str, listen: str = "tcp://127.0.0.1:0", *,
+    def __init__(self, destination: str | DestinationTemplate,
+                 listen: str = "tcp://127.0.0.1:0", *,
                  device_dir: str | os.PathLike | None = None,
                  on_device: Callable[[str, int, bytes, bool], None] | None = None,
                  force: bool = False, keys: ServerKeys | None = None,
-                 data_ports: int = 0, qemu: str | None = None) -> None:
-        self.location = parse_location(destination)
+                 data_ports: int = 0, qemu: str | None = None,
+                 progress: Callable[[Arrival], None] | None = None,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
+        self.progress = progress
+        self.on_refused = on_refused
+        self.peer: Peer | None = None
+        self.template = destination if isinstance(destination, DestinationTemplate) else None
+        if self.template is not None and (qemu is not None or device_dir is not None):
+            raise UsageError("a receiver that serves a destination template writes each "
+                             "transfer's devices beside it (DEST.devices), and no QEMU")
+        # Each transfer's own with a template: set as its HELLO arrives.
+        self.location = None if self.template else parse_location(destination)
         # With a destination QEMU, DEST is its RAM file: written in place (QEMU has it
         # mapped: a renamed-over file would leave the guest on the old one).
         self.vm = None
         if qemu is not None:
             self.vm = open_destination(qemu, self.location.path)
-        else:
+        elif self.location is not None:
             check_destination(self.location, force)
         self.force = force
         self.device_dir = Path(device_dir) if device_dir else None
         self.on_device = on_device
-        if self._device_folder() is not None:
+        if self.location is not None and self._device_folder() is not None:
             check_device_folder(self._device_folder())
         endpoint = parse_endpoint(listen, allow_any_port=True)
         check_data_ports(data_ports, endpoint.port)
@@ -90,7 +135,8 @@ class Receiver:
         self._authenticator = None
         if keys is not None:  # before any socket binds
             self._authenticator = keys.start_authenticator(
-                self._zmq, "refused a sender whose key is not allowed (--allow); still listening")
+                self._zmq, "refused a sender whose key is not allowed (--allow); still listening",
+                lambda key: self._refused("its key is not allowed (--allow)", key))
         try:
             self._socket, self.endpoint = ControlLink.listen(self._zmq, endpoint, keys)
         except UsageError:
@@ -114,6 +160,13 @@ class Receiver:
 
     def run(self, timeout_s: float | None = None) -> TransferResult:
         """Wait for one sender (up to `timeout_s`, forever if None) and serve its transfer."""
+        try:
+            return self._run(timeout_s)
+        finally:
+            self._end_transfer()  # a template's next transfer starts afresh
+
+    def _run(self, timeout_s: float | None) -> TransferResult:
+        self.peer = None
         hello, identity = self._wait_for_hello(timeout_s)
         link = ControlLink(self._socket, self.endpoint, identity)
         try:
@@ -151,6 +204,13 @@ class Receiver:
     def close(self) -> None:
         """Stop the workers and clean up. After a failure a file destination stays as
         NAME.partial (never under its final name); shared memory is removed."""
+        self._end_transfer()
+        if self.vm is not None:
+            self.vm.close()  # QEMU runs on (or waits on), with its capabilities as they were
+        self._close_zmq()
+
+    def _end_transfer(self) -> None:
+        """Stop the transfer's workers and clean up after it (safe to call again)."""
         if self._workers is not None:
             self._workers.close()
         for path in self._temporary:
@@ -158,18 +218,21 @@ class Receiver:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        if self.vm is not None:
-            self.vm.close()  # QEMU runs on (or waits on), with its capabilities as they were
-        if self.location.shared_memory and self.vm is None:  # not kept for a resume that may not come
+        location = self.location
+        if location is not None and location.shared_memory and self.vm is None:
             for path in (self._partial, self._journal and self._journal.path):
-                if path is not None:
+                if path is not None:  # not kept for a resume that may not come
                     path.unlink(missing_ok=True)
         if self._assembler is not None:
             self._assembler.discard()
         folder = self._owned_device_dir
         if folder is not None and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-        self._close_zmq()
+        self._workers, self._temporary, self._partial, self._journal = None, [], None, None
+        self._assembler, self._owned_device_dir, self._qemu_sink = None, None, None
+        self.resumed_pages = 0
+        if self.template is not None:
+            self.location = None
 
     def _close_zmq(self) -> None:
         if self._authenticator is not None:  # its thread owns sockets of our context
@@ -181,21 +244,46 @@ class Receiver:
     def _wait_for_hello(self, timeout_s: float | None) -> tuple[Hello, bytes]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-            if not self._socket.poll(wait):
+            left = WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 raise PeerLost(f"no sender connected to {self.endpoint} within {timeout_s} s")
-            frames = self._socket.recv_multipart()
+            if not self._socket.poll(1000 * min(left, WAIT_SLICE_S)):
+                continue
+            frames = self._socket.recv_multipart(copy=False)
+            key = _user_id(frames[-1]) if self.keys is not None else ""
             try:
                 if len(frames) != 2:
                     raise ProtocolError("HELLO must be a single frame")
-                hello = decode(frames[1], Hello)
+                hello = decode(frames[1].bytes, Hello, Fault)
+                if isinstance(hello, Fault):  # a sender we refused, saying it gives up
+                    detail(f"a sender gave up: {hello.message[:200]}")
+                    continue
                 check_hello(hello, handler_names(), check_codecs)
-                return hello, frames[0]
+                self._aim(hello)
+                self.peer = Peer(name=hello.name, destination=self.location.text, key=key)
+                return hello, frames[0].bytes
             except ProtocolError as exc:
                 # A bad HELLO is refused without ending the wait: it may be a stranger's.
                 warn(f"refused a sender's HELLO: {exc}; still listening")
-                ControlLink(self._socket, self.endpoint, frames[0]).send(
+                self._refused(str(exc), key)
+                ControlLink(self._socket, self.endpoint, frames[0].bytes).send(
                     Fault(message=f"expected HELLO: {exc}"))
+
+    def _aim(self, hello: Hello) -> None:
+        """With a template: this transfer's destination, from the name its sender gave."""
+        if self.template is None:
+            return
+        if not hello.name:
+            raise ProtocolError("this receiver names each transfer's destination after the "
+                                "sender's name: send with --name NAME")
+        try:
+            self.location = parse_location(self.template.resolve(hello.name))
+        except (ValueError, UsageError) as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def _refused(self, reason: str, key: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, key)
 
     def _serve(self, hello: Hello, link: ControlLink) -> TransferResult:
         started = time.perf_counter()
@@ -269,7 +357,8 @@ class Receiver:
         for channel, port in enumerate(ports):
             detail(f"channel {channel}: destination worker listening on port {port}")
         link.send(replace(welcome, ports=ports))
-        transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify)
+        transfer = _Transfer(link, workers, assembler, journal, size, ports, settings.verify,
+                             self.progress)
         complete, image_digest = transfer.run()
         if in_place:
             if QEMU_DEVICE not in assembler.sizes():
@@ -343,7 +432,8 @@ class _Transfer:
     """One transfer in progress on the destination: barrier, devices, recovery, digest."""
 
     def __init__(self, link: ControlLink, workers: WorkerGroup, assembler: DeviceAssembler,
-                 journal: Journal, size: int, ports: list[int], verify: str) -> None:
+                 journal: Journal, size: int, ports: list[int], verify: str,
+                 progress: Callable[[Arrival], None] | None = None) -> None:
         self.link = link
         self.workers = workers
         self.assembler = assembler
@@ -354,6 +444,9 @@ class _Transfer:
         self.recovery = Recovery(len(ports), "destination")
         self.complete: Complete | None = None
         self.final = FinalRound(size, len(ports), verify)
+        self.progress = progress
+        self.applied = AppliedCount(journal)
+        self.next_report = 0.0
 
     def run(self) -> tuple[Complete, str]:
         """Serve until COMPLETE arrived and the image is hashed; returns COMPLETE and the
@@ -364,7 +457,17 @@ class _Transfer:
                 self.on_events(events)
             except ChannelLost as lost:
                 self.recovery.handle(lost, self.restart)
+            self.report()
         return self.complete, self.verify()
+
+    def report(self) -> None:
+        """Hand `progress` what has arrived, at most once every PROGRESS_S."""
+        if self.progress is None or time.monotonic() < self.next_report:
+            return
+        self.next_report = time.monotonic() + PROGRESS_S
+        done = min(self.size, self.applied.look() * PAGE_SIZE)
+        self.progress(Arrival(phase="verifying" if self.complete else "receiving",
+                              round=self.barrier.round, image_bytes=done, image_size=self.size))
 
     def on_events(self, events: dict) -> None:
         self.workers.handle(events, self.on_worker)
@@ -432,3 +535,12 @@ class _Transfer:
 
 def _pages(count: int) -> str:
     return f"{count} page" if count == 1 else f"{count} pages"
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The public key (Z85) the authenticator let this message's sender in with: zmq.auth
+    makes a CURVE client's key its User-Id."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""

@@ -22,11 +22,12 @@ from engine.storage import digest
 from engine.wire import jobs
 from workers.config import WorkerConfig
 from engine.coordinator.control import ControlLink
-from engine.coordinator.dispatcher import (Dispatcher, FinishMarker, JobStream, Marker,
+from engine.coordinator.dispatcher import (Acked, Dispatcher, FinishMarker, JobStream, Marker,
                                            ScanMarker, SyncMarker)
 from engine.errors import EngineError, ProtocolError, TransferError, UsageError
 from engine.storage.aliases import FileId
 from engine.storage.image import parse_location, source_size, stored_bytes
+from engine.storage.names import name_problem
 from engine.coordinator.partition import chunk_spans, list_packets, range_packets, runs_bytes
 from engine.coordinator.processes import WorkerGroup
 from engine.wire.protocol import SESSION_BYTES, Fault, Welcome, new_hello
@@ -71,12 +72,20 @@ class Sender:
     """
 
     def __init__(self, source: str, to: str, settings: TransferSettings = TransferSettings(),
-                 progress: Callable[[int], None] | None = None,
+                 progress: Callable[[Acked], None] | None = None,
                  keys: ClientKeys | None = None, resume: bool = False,
                  max_bandwidth: int | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
-        """`max_bandwidth`: cap in bytes per second on the wire, shared by all channels;
-        `connect_timeout`: how long to wait for the receiver to answer, in seconds."""
+                 connect_timeout: float = CONNECT_TIMEOUT_S, name: str = "") -> None:
+        """`progress(acked)`, on the dispatcher thread as units are acknowledged: the image
+        bytes they covered (an int) and, as `acked.wire`, what they took on the wire;
+        `max_bandwidth`: cap in bytes per second on the wire, shared by all channels;
+        `connect_timeout`: how long to wait for the receiver to answer, in seconds;
+        `name`: the transfer's name, after which a serving receiver names the destination
+        (engine/storage/names.py says which names are good)."""
+        problem = name_problem(name) if name else None
+        if problem is not None:
+            raise UsageError(problem)
+        self.name = name
         self.max_bandwidth = None if max_bandwidth is None else check_bandwidth(max_bandwidth)
         if not connect_timeout > 0:
             raise UsageError(f"the connect timeout must be above zero, not {connect_timeout}")
@@ -152,7 +161,8 @@ class Sender:
         self._control.send(new_hello(self.session, self.image_size, self.settings,
                                      ["ram", "device"], resume=self.resume,
                                      source=FileId.of(self.location.path),
-                                     stored_bytes=stored_bytes(self.location.path)))
+                                     stored_bytes=stored_bytes(self.location.path),
+                                     name=self.name))
         welcome = self._control.expect(Welcome, self.connect_timeout)
         if self.resume:
             self._take_inventory(welcome)

@@ -35,6 +35,7 @@ import numpy as np
 
 from engine.live.dirty import DirtyTracker, HashTracker, make_tracker
 from engine.errors import NotConverged
+from engine.coordinator.dispatcher import Acked
 from engine.coordinator.local import check_inputs, run_locally
 from engine.coordinator.result import LiveResult, TransferResult
 from engine.settings import CONNECT_TIMEOUT_S, PAGE_SIZE, LiveSettings, TransferSettings
@@ -83,13 +84,18 @@ def migrate_live(source: str, destination: str, settings: TransferSettings = Tra
                  devices: Devices | Callable[[], Devices] | None = None,
                  device_dir: str | os.PathLike | None = None, force: bool = False,
                  on_round: Callable[[RoundReport], None] | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT_S) -> LiveResult:
-    """Migrate a running source to `destination` on this machine (see run_live)."""
+                 connect_timeout: float = CONNECT_TIMEOUT_S,
+                 progress: Callable[[Acked], None] | None = None,
+                 max_bandwidth: int | str | None = None) -> LiveResult:
+    """Migrate a running source to `destination` on this machine (see run_live);
+    `progress`: the Sender's, called for every round's acknowledged units; `max_bandwidth`:
+    as migrate()'s."""
     check_inputs(source, destination, None if callable(devices) else devices, device_dir, force)
     return run_locally(source, destination,
                        lambda sender: run_live(sender, live, pause=pause, resume=resume,
                                                devices=devices, on_round=on_round),
-                       settings, device_dir, force, connect_timeout=connect_timeout)
+                       settings, device_dir, force, progress,
+                       max_bandwidth=max_bandwidth, connect_timeout=connect_timeout)
 
 
 def run_live(sender: Sender, live: LiveSettings = LiveSettings(), *,

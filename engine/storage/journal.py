@@ -93,6 +93,12 @@ class Journal:
         states = np.fromfile(self.path, dtype=np.uint8, count=self.pages, offset=HEADER_BYTES)
         return np.flatnonzero((states & APPLIED) == 0)
 
+    def applied_between(self, first: int, count: int) -> int:
+        """How many of pages first..first+count-1 arrived whole."""
+        states = np.fromfile(self.path, dtype=np.uint8, count=count,
+                             offset=HEADER_BYTES + first)
+        return int(np.count_nonzero(states & APPLIED))
+
     def page_hashes(self) -> np.ndarray:
         """The folded hash of every page as it was written (0: never written)."""
         return np.fromfile(self.path, dtype="<u8", count=self.pages, offset=self.hashes_at)
@@ -108,6 +114,29 @@ class Journal:
         with open(self.path, "rb") as f:
             f.seek(self.records_at)
             return [record for record in msgpack.Unpacker(f) if isinstance(record, dict)]
+
+
+class AppliedCount:
+    """The pages of a journal that arrived whole, for a receiver's progress: each look reads
+    at most `budget` page states (one byte a page), the next stretch after the last look's,
+    so a look costs the same whatever the image (64 MiB of states: 256 GiB of image, all
+    of it each look; an 8 TiB image's count is refreshed over 32 looks)."""
+
+    STRETCH = 1 << 20  # pages per stretch
+
+    def __init__(self, journal: Journal, budget: int = 64 << 20) -> None:
+        self.journal = journal
+        self.counts = np.zeros(-(-journal.pages // self.STRETCH), dtype=np.int64)
+        self.per_look = max(1, min(len(self.counts), budget // self.STRETCH))
+        self.next = 0
+
+    def look(self) -> int:
+        for _ in range(self.per_look if len(self.counts) else 0):
+            first = self.next * self.STRETCH
+            self.counts[self.next] = self.journal.applied_between(
+                first, min(self.STRETCH, self.journal.pages - first))
+            self.next = (self.next + 1) % len(self.counts)
+        return int(self.counts.sum())
 
 
 def _pages_with_data(image: Path, pages: int) -> np.ndarray:

@@ -53,6 +53,7 @@ class Hello:
     source_file: list[int] | None = None
     stored_bytes: int = 0
     verify: str = "fold"  # TransferSettings.verify
+    name: str = ""  # `send --name`: what a serving receiver names the destination after
 
     def source_id(self) -> FileId | None:
         if self.source_file is None or len(self.source_file) != 2:
@@ -174,7 +175,7 @@ def checksum(frames: Sequence[Any]) -> int:
 
 def new_hello(session: bytes, image_size: int, settings: TransferSettings,
               handlers: list[str], resume: bool = False, source: FileId | None = None,
-              stored_bytes: int = 0) -> Hello:
+              stored_bytes: int = 0, name: str = "") -> Hello:
     return Hello(magic=MAGIC, version=VERSION, session=session, image_size=image_size,
                  page_size=PAGE_SIZE, channels=settings.channels, compress=settings.compress,
                  device_compress=settings.device_compress,
@@ -182,7 +183,7 @@ def new_hello(session: bytes, image_size: int, settings: TransferSettings,
                  chunk_size=settings.chunk_size, handlers=handlers, resume=resume,
                  source_host=source.host if source else "",
                  source_file=[source.device, source.inode] if source else None,
-                 stored_bytes=stored_bytes, verify=settings.verify)
+                 stored_bytes=stored_bytes, verify=settings.verify, name=name)
 
 
 def check_hello(hello: Hello, handlers: Collection[str],
