@@ -3,6 +3,7 @@ the matrix of settings and its schedule."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -86,9 +87,10 @@ def test_an_axis_named_after_a_setting_goes_into_the_settings():
 
 def test_the_tree_tool_names_each_process_of_a_command_and_their_total(tmp_path):
     src = tmp_path / "src"
-    src.write_bytes(bytes(range(256)) * 4096)
+    src.write_bytes(os.urandom(4 << 20))  # at 4 MiB/s every worker lives long enough to be seen
     run = subprocess.run([sys.executable, "-m", "engine.tools.bench.tree", "--", sys.executable,
-                          "-m", "engine", "migrate", str(src), str(tmp_path / "dst"), "--json"],
+                          "-m", "engine", "migrate", str(src), str(tmp_path / "dst"), "--json",
+                          "--max-bandwidth", "4M", "--packet-pages", "64"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     names = {line.split()[1] for line in run.stdout.splitlines() if "CPU s  peak RSS" in line}

@@ -26,7 +26,7 @@ from engine.coordinator.control import HEARTBEAT_S, ControlLink
 from engine.coordinator.final_round import FinalRound
 from engine.coordinator.inflight import InFlight
 from engine.coordinator.processes import ChannelLost, Recovery, WorkerGroup
-from engine.errors import ProtocolError, VerificationFailed, peer_error
+from engine.errors import EngineError, ProtocolError, VerificationFailed, peer_error
 from engine.settings import TransferSettings
 from engine.storage import digest
 from engine.wire import jobs
@@ -37,6 +37,8 @@ from engine.wire.protocol import Complete, Fault, Heartbeat, Synced, Verdict
 UNIT_BYTES = 16 << 20
 # Units a channel holds at once: one being sent while the one before it is acknowledged.
 UNITS_AHEAD = 2
+# How long a sender that gives up on a channel waits for the receiver's reason.
+PEER_WORD_S = 1.0
 
 
 @dataclass
@@ -169,7 +171,19 @@ class Dispatcher:
     def recover(self, lost: ChannelLost) -> None:
         if self.finishing is not None and self.final.done:
             return  # COMPLETE is out: the channels have done their part, only the verdict is due
-        self.recovery.handle(lost, self.restart)
+        try:
+            self.recovery.handle(lost, self.restart)
+        except EngineError:
+            # Giving up: a receiver that failed (its disk full) closes our connections as it
+            # says why on the control link; its word is the one the user needs.
+            self.hear_out(PEER_WORD_S)
+            raise
+
+    def hear_out(self, timeout_s: float) -> None:
+        """Take what the receiver says within `timeout_s` (a FAULT raises its error)."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0 and self.control.socket.poll(left * 1000):
+            self.on_control(self.control.receive())
 
     def restart(self, channel: int) -> None:
         """A new worker for `channel`, given everything not acknowledged, in order."""
