@@ -1,11 +1,13 @@
 """The README's promises: the quick start is what CI runs, the layers hold, the cited paths
-exist, and the Python snippets run as pasted."""
+exist, and the Python snippets and shell walk-throughs run as pasted."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -175,3 +177,87 @@ def test_the_readme_synopsis_names_options_and_values_as_help_does():
         shown = " ".join(shown.split())  # argparse wraps lines where it likes
         for option, value in re.findall(r"(--[\w-]+)(?: ([A-Z][A-Z_=:/]*))?", line):
             assert f"{option} {value}".strip() in shown, f"{command}: {option} {value}"
+
+
+# -- the README's shell walk-throughs run as pasted, in two shells --------------------------
+
+def sh_block(after: str) -> str:
+    """The first ```sh block after the line `after` in the README."""
+    text = (ROOT / "README.md").read_text().split(after, 1)[1]
+    return text.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:  # the README's port 7000 may be taken on a shared machine
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def bash(script: str, folder: Path, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen(["bash", "-e", "-c", script], cwd=folder, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def test_the_two_host_walk_through_runs_as_pasted_in_two_shells(tmp_path):
+    block = sh_block("## Between two hosts").replace("127.0.0.1:7000", free_endpoint())
+    keys, rest = block.split("# shell 1: wait for one transfer\n")
+    shell1, shell2 = rest.split("# shell 2:")
+    assert bash(keys, tmp_path).wait(60) == 0
+    receiver = bash(shell1, tmp_path)
+    sender = bash("# shell 2:" + shell2, tmp_path)
+    sent, received = sender.communicate(timeout=120)[0], receiver.communicate(timeout=60)[0]
+    assert sender.returncode == 0 and receiver.returncode == 0, sent + received
+    assert "transfer verified" in sent and "transfer verified" in received
+    assert (tmp_path / "guest-copy.ram").read_bytes() == (tmp_path / "guest.ram").read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None or shutil.which("as") is None,
+                    reason="qemu-system-x86 and binutils are not installed (.ci/run installs them)")
+def test_the_qemu_walk_through_runs_as_pasted_in_two_shells(tmp_path):
+    endpoint = free_endpoint()
+    shell1 = sh_block("Walk-through on one machine").replace("127.0.0.1:7000", endpoint)
+    shell2 = sh_block("Shell 2, the migration:").replace("127.0.0.1:7000", endpoint)
+    leftovers = [Path("/dev/shm/src.ram"), Path("/dev/shm/dst.ram"), Path("/tmp/src.qmp"),
+                 Path("/tmp/dst.qmp")]
+    machines = bash(shell1, tmp_path, start_new_session=True)  # its QEMUs stay in its group
+    try:
+        run = bash(shell2, tmp_path)
+        out = run.communicate(timeout=180)[0]
+        assert run.returncode == 0, out + machines.communicate(timeout=60)[0]
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["ok"] and summary["vm"] == {"source": "postmigrate",
+                                                   "destination": "running"}
+        assert machines.wait(60) == 0  # the receiver's shell ends once the guest runs there
+    finally:
+        os.killpg(machines.pid, signal.SIGKILL)
+        machines.wait(30)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        shutil.rmtree("/tmp/guest", ignore_errors=True)
+
+
+def test_the_serving_receiver_walk_through_runs_as_pasted(tmp_path):
+    """As pasted but for the two names a reader puts in: the receiver host, and the address
+    to listen on (loopback here)."""
+    endpoint = free_endpoint()
+    keys = sh_block("## Between two hosts").split("# shell 1: wait for one transfer\n")[0]
+    serve, send = sh_block("Each transfer's device state goes beside it").split(
+        "\npython -m engine send")
+    serve = serve.replace("0.0.0.0:7000", endpoint)
+    send = "python -m engine send" + send.replace("RECEIVER-HOST:7000", endpoint)
+    write_sample(tmp_path / "guest.ram", 4 << 20)
+    assert bash(keys, tmp_path).wait(60) == 0
+    receiver = bash(f"exec {serve}", tmp_path)  # exec: SIGTERM reaches the receiver itself
+    try:
+        sent = bash(send, tmp_path)
+        assert sent.wait(120) == 0, sent.communicate()[0]
+        line = json.loads(next(text for text in receiver.stdout if text.startswith("{")))
+        assert line["name"] == "web1" and line["outcome"] == "verified", line
+        assert Path("/dev/shm/web1").read_bytes() == (tmp_path / "guest.ram").read_bytes()
+        receiver.send_signal(signal.SIGTERM)
+        assert receiver.wait(60) == 143
+    finally:
+        receiver.kill()
+        Path("/dev/shm/web1").unlink(missing_ok=True)
+        shutil.rmtree("/dev/shm/web1.devices", ignore_errors=True)
