@@ -30,6 +30,7 @@ import numpy as np
 import xxhash
 
 from engine.errors import TransferError
+from engine.storage.holes import next_data
 from engine.settings import PAGE_SIZE
 
 SEGMENT_BYTES = 64 << 20
@@ -62,7 +63,7 @@ def hash_segment(fd: int, index: int) -> bytes:
     position = index * SEGMENT_BYTES
     while position < end:
         chunk_end = min(position + _READ_BYTES, end)
-        data = _seek(fd, position, os.SEEK_DATA, end)
+        data = next_data(fd, position, end)
         if data >= chunk_end:  # a hole: zeros, fed from a small buffer in cache
             while position < data:
                 n = min(len(_ZEROS), data - position)
@@ -75,13 +76,6 @@ def hash_segment(fd: int, index: int) -> bytes:
         h.update(_buffer[:n])
         position += n
     return h.digest()
-
-
-def _seek(fd: int, position: int, whence: int, end: int) -> int:
-    try:
-        return min(os.lseek(fd, position, whence), end)
-    except OSError:  # ENXIO: no more data after `position`
-        return end
 
 
 def combine(size: int, segment_digests: Iterable[bytes]) -> str:

@@ -14,7 +14,6 @@ DEST.partial) and is removed once the destination verified.
 """
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from engine.errors import ProtocolError
 from engine.settings import PAGE_SIZE
+from engine.storage.holes import next_data, next_hole
 
 HOLDS_DATA = 1
 APPLIED = 2
@@ -147,16 +147,9 @@ def _pages_with_data(image: Path, pages: int) -> np.ndarray:
     try:
         size = os.fstat(fd).st_size
         position = 0
-        while position < size:
-            try:
-                start = os.lseek(fd, position, os.SEEK_DATA)
-                end = os.lseek(fd, start, os.SEEK_HOLE)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # nothing but holes after `position`
-                    break
-                start, end = position, size  # no hole support: assume data
-            states[start // PAGE_SIZE:-(-min(end, size) // PAGE_SIZE)] = HOLDS_DATA
-            position = end
+        while (start := next_data(fd, position, size)) < size:
+            position = max(next_hole(fd, start, size), start + 1)
+            states[start // PAGE_SIZE:-(-position // PAGE_SIZE)] = HOLDS_DATA
     finally:
         os.close(fd)
     return states

@@ -12,7 +12,6 @@ journal; a fresh destination starts zeroed), which keeps the destination sparse.
 """
 from __future__ import annotations
 
-import errno
 import functools
 import mmap
 import os
@@ -25,6 +24,7 @@ import xxhash
 
 from engine.errors import ProtocolError, TransferError
 from engine.storage.digest import ZERO_PAGE_HASH, fold_pages, page_hashes
+from engine.storage.holes import next_data
 from engine.storage.image import map_file
 from engine.storage.journal import APPLIED, HOLDS_DATA
 from engine.settings import PAGE_SIZE
@@ -141,7 +141,7 @@ class RamHandler(PayloadHandler):
             return False  # the source shrank: the read says so
         for start, count in runs:
             end = min((start + count) * PAGE_SIZE, self.context.image_size)
-            if _next_data(fd, start * PAGE_SIZE, end) < end:
+            if next_data(fd, start * PAGE_SIZE, end) < end:
                 return False
         return True
 
@@ -215,7 +215,7 @@ class RamHandler(PayloadHandler):
         for index, offset in enumerate(range(first_byte, end, _SCAN_BLOCK)):
             length = min(_SCAN_BLOCK, end - offset)
             if data < offset:
-                data = _next_data(fd, offset, end)
+                data = next_data(fd, offset, end)
             if data >= offset + length:
                 hashes[index] = _zero_hash(length)
             else:
@@ -372,15 +372,6 @@ def _xxh3_pages(view: memoryview, first_byte: int, count: int) -> np.ndarray:
     return np.fromiter((xxhash.xxh3_64_intdigest(view[o:o + PAGE_SIZE])
                         for o in range(first_byte, first_byte + count * PAGE_SIZE, PAGE_SIZE)),
                        dtype=np.uint64, count=count)
-
-
-def _next_data(fd: int, offset: int, end: int) -> int:
-    """Where the first data at or after `offset` starts (`end` if none before it; `offset`
-    where the filesystem cannot tell holes)."""
-    try:
-        return min(os.lseek(fd, offset, os.SEEK_DATA), end)
-    except OSError as exc:
-        return end if exc.errno == errno.ENXIO else offset
 
 
 @functools.lru_cache(maxsize=8)
