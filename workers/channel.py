@@ -182,9 +182,10 @@ class SourceChannel(ChannelLoop):
         return self.bucket.delay_s() if self.bucket is not None else 0.0
 
     def wait_ms(self) -> int:
-        if self.queue and len(self.unacked) < self.window and self.held_back_s() > 0:
-            return min(WATCH_INTERVAL_MS, int(self.held_back_s() * 1000) + 1)
-        return WATCH_INTERVAL_MS
+        """Until the pace lets the next packet go, if that is all that holds it back."""
+        waiting = self.queue and len(self.unacked) < self.window
+        delay = self.held_back_s() if waiting else 0.0
+        return min(WATCH_INTERVAL_MS, int(delay * 1000) + 1) if delay > 0 else WATCH_INTERVAL_MS
 
     def connect(self, msg: jobs.Connect) -> None:
         # A dropped connection would silently lose queued packets (ZeroMQ reconnects by
